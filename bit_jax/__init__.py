@@ -1,0 +1,1 @@
+"""BiT (Big Transfer) in JAX/Flax: ResNet-v2 models, official checkpoints, training, transfer."""

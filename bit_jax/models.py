@@ -1,0 +1,252 @@
+"""ResNet-v2 with GroupNorm and Weight Standardization: the BiT model family.
+
+Module names mirror the released checkpoints (`block1/unit01/a/standardized_conv2d/kernel`,
+...), so the params tree *is* the official .npz layout without its `resnet/` prefix and
+loading a checkpoint is a rename, not a search (see `bit_jax.npz`).
+
+    model = get_model("BiT-M-R50x1", num_classes=10)
+    logits, out = model.apply({"params": params}, images)   # NHWC in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bit_jax.errors import UserError
+
+GROUPS = 32  # GroupNorm groups throughout, as in BiT.
+GN_EPSILON = 1e-5
+WS_EPSILON = 1e-10  # Weight standardization; tiny because it divides a kernel's std.
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """Depth and width of one ResNet-v2: data, not a class per size."""
+  units_per_block: tuple[int, ...]
+  width_factor: int
+  base_width: int = 64  # Root conv width; block i's bottleneck is base_width * 2**i.
+
+  @property
+  def depth(self) -> int:
+    return 3 * sum(self.units_per_block) + 2
+
+
+ARCHITECTURES = {
+    "R50x1": Architecture((3, 4, 6, 3), 1),
+    "R50x3": Architecture((3, 4, 6, 3), 3),
+    "R101x1": Architecture((3, 4, 23, 3), 1),
+    "R101x3": Architecture((3, 4, 23, 3), 3),
+    "R152x2": Architecture((3, 8, 36, 3), 2),
+    "R152x4": Architecture((3, 8, 36, 3), 4),
+}
+# Tiny variants so tests and the CPU demo run in seconds; GroupNorm(32) needs >= 32 channels.
+TINY_ARCHITECTURES = {
+    "tiny-R14": Architecture((1, 1, 1, 1), 1, base_width=32),
+    "tiny-R26": Architecture((2, 2, 2, 2), 1, base_width=32),
+}
+# The release names: BiT-S (ILSVRC-2012) and BiT-M (ImageNet-21k) share architectures.
+MODEL_NAMES = {f"BiT-{upstream}-{arch}": arch
+               for upstream in ("S", "M") for arch in ARCHITECTURES}
+MODEL_NAMES.update({name: name for name in TINY_ARCHITECTURES})
+
+
+def weight_standardize(kernel: jax.Array, eps: float = WS_EPSILON) -> jax.Array:
+  """Zero mean, unit variance per output channel over (H, W, in) of an HWIO kernel."""
+  mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  var = jnp.mean(jnp.square(kernel - mean), axis=(0, 1, 2), keepdims=True)
+  return (kernel - mean) * jax.lax.rsqrt(var + eps)
+
+
+class StdConv(nn.Module):
+  """Bias-free convolution with a weight-standardized kernel."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: Any = "VALID"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.initializers.he_normal(),
+        (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    kernel = weight_standardize(kernel).astype(self.dtype)
+    return jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel, (self.strides, self.strides), self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm with the checkpoint's `gamma`/`beta` names; statistics in float32."""
+  groups: int = GROUPS
+  epsilon: float = GN_EPSILON
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    gamma = self.param("gamma", nn.initializers.ones, (channels,), jnp.float32)
+    beta = self.param("beta", nn.initializers.zeros, (channels,), jnp.float32)
+    grouped = x.astype(jnp.float32).reshape(
+        x.shape[:-1] + (self.groups, channels // self.groups))
+    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
+    # Centred variance (not E[x^2] - E[x]^2): it matches the reference to float precision.
+    var = jnp.mean(jnp.square(grouped - mean), axis=reduce_axes, keepdims=True)
+    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    return (normed * gamma + beta).astype(self.dtype)
+
+
+class NormConv(nn.Module):
+  """One of a unit's `a`, `b`, `c`: the GroupNorm that precedes a conv, and the conv.
+
+  The first unit of a block also keeps its projection shortcut under `a/proj`, as in the
+  released checkpoints; it is applied to the same normalised input as `a`'s conv.
+  """
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: Any = "VALID"
+  projection: tuple[int, int] | None = None  # (features, strides) of `a/proj`.
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.group_norm = GroupNorm(dtype=self.dtype)
+    self.standardized_conv2d = StdConv(
+        self.features, self.kernel_size, self.strides, self.padding, dtype=self.dtype)
+    if self.projection is not None:
+      self.proj = Projection(*self.projection, dtype=self.dtype)
+
+  def norm(self, x: jax.Array) -> jax.Array:
+    return nn.relu(self.group_norm(x))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.standardized_conv2d(x)
+
+  def project(self, x: jax.Array) -> jax.Array:
+    return self.proj(x)
+
+
+class Projection(nn.Module):
+  """The 1x1 projection shortcut, `a/proj/standardized_conv2d`."""
+  features: int
+  strides: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return StdConv(self.features, 1, self.strides, dtype=self.dtype,
+                   name="standardized_conv2d")(x)
+
+
+class BottleneckUnit(nn.Module):
+  """Pre-activation bottleneck; the 3x3 conv `b` carries the stride."""
+  width: int
+  strides: int = 1
+  project: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out_features = 4 * self.width
+    projection = (out_features, self.strides) if self.project else None
+    a = NormConv(self.width, 1, projection=projection, dtype=self.dtype, name="a")
+    b = NormConv(self.width, 3, self.strides, padding=((1, 1), (1, 1)),
+                 dtype=self.dtype, name="b")
+    c = NormConv(out_features, 1, dtype=self.dtype, name="c")
+    h = a.norm(x)
+    shortcut = a.project(h) if self.project else x
+    y = c(c.norm(b(b.norm(a(h)))))
+    return y + shortcut.astype(y.dtype)
+
+
+class Block(nn.Module):
+  """`num_units` bottleneck units; the first projects and carries the block's stride."""
+  num_units: int
+  width: int
+  strides: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.num_units):
+      x = BottleneckUnit(self.width, self.strides if i == 0 else 1, project=i == 0,
+                         dtype=self.dtype, name=f"unit{i + 1:02d}")(x)
+    return x
+
+
+class RootBlock(nn.Module):
+  """7x7/2 conv on the input padded by 3, then a 3x3/2 max-pool on zero padding 1.
+
+  Zero (not -inf) padding for the pool is what the released weights were trained with;
+  after the conv, values can be negative, so the choice changes the outputs.
+  """
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = jnp.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    x = StdConv(self.width, 7, 2, dtype=self.dtype, name="standardized_conv2d")(x)
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+class Head(nn.Module):
+  """Zero-initialised 1x1 conv on the pooled features: the checkpoint's `head/conv2d`."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, pre_logits: jax.Array) -> jax.Array:
+    x = pre_logits[:, None, None, :]
+    x = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
+                name="conv2d")(x)
+    return x[:, 0, 0, :]
+
+
+class ResNetV2(nn.Module):
+  """BiT ResNet-v2. `num_classes=None` builds the backbone only (logits are None).
+
+  `out` holds named intermediates (`stem`, `block1`..`block4`, `pre_logits`, `logits`) so
+  evaluators and linear probes need no second model.
+  """
+  architecture: Architecture
+  num_classes: int | None = None
+  dtype: Any = jnp.float32  # Compute dtype; parameters are always float32.
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+    del train  # No batch statistics or dropout: the model is the same in both modes.
+    arch = self.architecture
+    root_width = arch.base_width * arch.width_factor
+    out = {}
+    x = out["stem"] = RootBlock(root_width, dtype=self.dtype, name="root_block")(images)
+    for i, num_units in enumerate(arch.units_per_block):
+      name = f"block{i + 1}"
+      x = out[name] = Block(num_units, root_width * 2**i, strides=1 if i == 0 else 2,
+                            dtype=self.dtype, name=name)(x)
+    x = nn.relu(GroupNorm(dtype=self.dtype, name="group_norm")(x))
+    out["pre_logits"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if self.num_classes is None:
+      return None, out
+    logits = out["logits"] = Head(self.num_classes, name="head")(out["pre_logits"])
+    return logits, out
+
+
+def get_model(name: str, num_classes: int | None = None, *,
+              dtype: Any = jnp.float32) -> ResNetV2:
+  """The model for a release name such as `BiT-M-R50x1` (or a tiny test variant)."""
+  return ResNetV2(get_architecture(name), num_classes=num_classes, dtype=dtype)
+
+
+def get_architecture(name: str) -> Architecture:
+  if name not in MODEL_NAMES:
+    raise UserError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
+  arch = MODEL_NAMES[name]
+  return ARCHITECTURES.get(arch) or TINY_ARCHITECTURES[arch]

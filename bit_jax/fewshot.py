@@ -1,0 +1,233 @@
+"""Few-shot and linear-probe evaluation on precomputed features (e.g. a model's `pre_logits`).
+
+Pure functions on arrays; computing the features is the caller's job.
+
+    idx = select_few_shot(train_labels, shots=10, seed=0)
+    acc = ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes)
+    acc = ncm_accuracy(train_x[idx], train_y[idx], test_x, test_y)
+    probe = logistic_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bit_jax.errors import UserError
+
+BIAS_FEATURE = 100.0  # big_vision's BIAS_CONSTANT: large, so the bias is almost unregularised.
+STD_EPSILON = 1e-5  # Added to the train std when whitening, as in big_vision.
+L2_GRID = tuple(10.0**np.arange(-6, 3))  # Logistic-probe l2 candidates: 1e-6, 1e-5, ..., 1e2.
+
+
+def _check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"Labels must be a 1-D integer array, got shape {labels.shape} "
+                     f"and dtype {labels.dtype}.")
+  upper = np.inf if num_classes is None else num_classes
+  if labels.size and not 0 <= labels.min() <= labels.max() < upper:
+    raise ValueError(f"Labels must lie in [0, {upper}), got [{labels.min()}, {labels.max()}].")
+  return labels
+
+
+# --- Selecting the few shots --------------------------------------------------------------------
+
+def select_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+  """Returns sorted indices of exactly `shots` examples of every class present in `labels`.
+
+  Same draw as big_vision's evaluator: one `np.random.default_rng(seed)` (PCG64, the same stream
+  on every platform for a given NumPy version) permutes each class's indices in ascending class
+  order, and the first `shots` are kept. So the k-shot set is a subset of the (k+1)-shot set for
+  the same seed.
+  """
+  labels = _check_labels(labels)
+  if shots < 1:
+    raise UserError(f"shots must be at least 1, got {shots}.")
+  classes, counts = np.unique(labels, return_counts=True)
+  if counts.size and counts.min() < shots:
+    smallest = int(np.argmin(counts))
+    raise UserError(f"Class {classes[smallest]} has only {counts[smallest]} examples, "
+                     f"fewer than shots={shots}.")
+  rng = np.random.default_rng(seed)
+  # A stable sort groups each class's indices in ascending order, like np.where(labels == c),
+  # without a pass over all labels per class.
+  by_class = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
+  chosen = [rng.permutation(indices)[:shots] for indices in by_class]
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+# --- Closed-form ridge regression (big_vision's few-shot evaluator) -----------------------------
+
+class RidgeModel(NamedTuple):
+  """A fitted ridge classifier; scores are `ridge_design(x, ...) @ weights`."""
+  mean: np.ndarray  # (D,) train feature mean.
+  std: np.ndarray  # (D,) train feature std plus STD_EPSILON.
+  weights: np.ndarray  # (D + 1, C); the last row multiplies the bias feature.
+  bias_feature: float
+
+
+def ridge_design(feats: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                 bias_feature: float) -> np.ndarray:
+  """Whitens `feats` with the given (train) statistics and appends a constant bias column."""
+  x = (np.asarray(feats, np.float64) - mean) / std
+  return np.pad(x, ((0, 0), (0, 1)), constant_values=bias_feature)
+
+
+def ridge_fit(train_feats: np.ndarray, train_labels: np.ndarray, num_classes: int,
+              l2_reg: float = 2.0**10, bias_feature: float = BIAS_FEATURE) -> RidgeModel:
+  """Solves (XᵀX + l2·I) W = XᵀY: X whitened and bias-augmented, targets Y = 2·onehot − 1.
+
+  The bias weight is regularised like the others; a large `bias_feature` makes that negligible.
+  """
+  train_labels = _check_labels(train_labels, num_classes)
+  if l2_reg < 0:
+    raise ValueError(f"l2_reg must be non-negative, got {l2_reg}.")
+  feats = np.asarray(train_feats, np.float64)
+  mean, std = feats.mean(axis=0), feats.std(axis=0) + STD_EPSILON
+  x = ridge_design(feats, mean, std, bias_feature)
+  y = 2.0 * np.eye(num_classes)[train_labels] - 1.0
+  num_points, dim = x.shape
+  # Few-shot sets usually have fewer points than dimensions; then the N×N dual system
+  # W = Xᵀ (XXᵀ + l2·I)⁻¹ Y is the same solution and far cheaper.
+  if num_points >= dim:
+    weights = np.linalg.solve(x.T @ x + l2_reg * np.eye(dim), x.T @ y)
+  else:
+    weights = x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(num_points), y)
+  return RidgeModel(mean, std, weights, bias_feature)
+
+
+def ridge_scores(model: RidgeModel, feats: np.ndarray) -> np.ndarray:
+  """Returns (N, C) regression outputs; their argmax is the predicted class."""
+  return ridge_design(feats, model.mean, model.std, model.bias_feature) @ model.weights
+
+
+def ridge_fewshot_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
+                           test_feats: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                           l2_reg: float = 2.0**10,
+                           bias_feature: float = BIAS_FEATURE) -> float:
+  """Returns test top-1 accuracy of the closed-form ridge classifier fitted on the train set."""
+  model = ridge_fit(train_feats, train_labels, num_classes, l2_reg, bias_feature)
+  preds = np.argmax(ridge_scores(model, test_feats), axis=1)
+  return float(np.mean(preds == _check_labels(test_labels)))
+
+
+# --- Nearest class mean -------------------------------------------------------------------------
+
+def _l2_normalize(feats: np.ndarray) -> np.ndarray:
+  feats = np.asarray(feats, np.float64)
+  return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def ncm_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
+                 test_feats: np.ndarray, test_labels: np.ndarray) -> float:
+  """Returns test top-1 accuracy of nearest-class-mean classification.
+
+  Every feature vector is L2-normalised first; prototypes are the means of the normalised train
+  features of each class (not renormalised), and a test point takes the class of the prototype at
+  the smallest Euclidean distance (SimpleShot's "L2N"). Ties go to the smaller class id. Only
+  classes present in `train_labels` can be predicted.
+  """
+  train_labels = _check_labels(train_labels)
+  classes, inverse = np.unique(train_labels, return_inverse=True)
+  train_x = _l2_normalize(train_feats)
+  prototypes = np.zeros((classes.size, train_x.shape[1]))
+  np.add.at(prototypes, inverse, train_x)
+  prototypes /= np.bincount(inverse)[:, None]
+  test_x = _l2_normalize(test_feats)
+  sq_dists = ((test_x[:, None, :] - prototypes[None, :, :])**2).sum(axis=-1)
+  preds = classes[np.argmin(sq_dists, axis=1)]
+  return float(np.mean(preds == _check_labels(test_labels)))
+
+
+# --- Many-shot logistic-regression probe --------------------------------------------------------
+
+class ProbeResult(NamedTuple):
+  """What `logistic_probe` found."""
+  test_accuracy: float  # Top-1 of the probe refit on train + val.
+  l2: float  # The grid value with the best val accuracy.
+  l2_grid: np.ndarray  # The grid searched.
+  val_accuracies: np.ndarray  # Val accuracy of the train-only fit for each grid value.
+  test_probs: np.ndarray  # (N_test, C) softmax of the refit probe, e.g. for calibration.
+  num_refit_examples: int  # Examples the final probe was fitted on: N_train + N_val.
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iters"))
+def _fit_softmax_regression(x: jax.Array, y: jax.Array, l2: jax.Array, num_classes: int,
+                            max_iters: int, tol: float) -> tuple[jax.Array, jax.Array]:
+  """Full-batch L-BFGS on mean softmax cross-entropy + l2·||W||² (bias unpenalised)."""
+
+  def loss_fn(params):
+    w, b = params
+    ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
+    return ce + l2 * jnp.sum(w**2)
+
+  opt = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(loss_fn)
+
+  def step(carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss_fn)
+    return optax.apply_updates(params, updates), state
+
+  def keep_going(carry):
+    _, state = carry
+    count = optax.tree.get(state, "count")
+    grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
+    return (count == 0) | ((count < max_iters) & (grad_norm >= tol))
+
+  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros(num_classes))
+  params, _ = jax.lax.while_loop(keep_going, step, (params, opt.init(params)))
+  return params
+
+
+def _standardized(fit_feats: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+  """Standardises all arrays with `fit_feats`' mean and std, so one l2 grid suits any backbone."""
+  fit_feats = np.asarray(fit_feats, np.float32)
+  mean, std = fit_feats.mean(axis=0), fit_feats.std(axis=0) + STD_EPSILON
+  return [(np.asarray(f, np.float32) - mean) / std for f in (fit_feats, *others)]
+
+
+def logistic_probe(train_feats: np.ndarray, train_labels: np.ndarray,
+                   val_feats: np.ndarray, val_labels: np.ndarray,
+                   test_feats: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                   l2_grid: Sequence[float] = L2_GRID,
+                   max_iters: int = 500, tol: float = 1e-5) -> ProbeResult:
+  """Multinomial logistic-regression probe: pick l2 on val, refit on train + val, test once.
+
+  Features are standardised with the statistics of the set being fitted. Val-accuracy ties go to
+  the largest l2 (the simplest probe).
+  """
+  train_labels = _check_labels(train_labels, num_classes)
+  val_labels = _check_labels(val_labels, num_classes)
+  test_labels = _check_labels(test_labels, num_classes)
+  l2_grid = np.asarray(l2_grid, np.float64)
+  fit = functools.partial(_fit_softmax_regression, num_classes=num_classes,
+                          max_iters=max_iters, tol=tol)
+
+  train_x, val_x = _standardized(train_feats, val_feats)
+  val_accuracies = []
+  for l2 in l2_grid:
+    w, b = fit(train_x, train_labels, np.float32(l2))
+    val_accuracies.append(float(np.mean(np.argmax(val_x @ w + b, axis=1) == val_labels)))
+  val_accuracies = np.asarray(val_accuracies)
+  l2 = float(l2_grid[val_accuracies == val_accuracies.max()].max())
+
+  refit_x, test_x = _standardized(np.concatenate([train_feats, val_feats]), test_feats)
+  refit_labels = np.concatenate([train_labels, val_labels])
+  w, b = fit(refit_x, refit_labels, np.float32(l2))
+  test_probs = np.asarray(jax.nn.softmax(test_x @ w + b, axis=-1))
+  return ProbeResult(
+      test_accuracy=float(np.mean(np.argmax(test_probs, axis=1) == test_labels)),
+      l2=l2,
+      l2_grid=l2_grid,
+      val_accuracies=val_accuracies,
+      test_probs=test_probs,
+      num_refit_examples=len(refit_labels),
+  )

@@ -5,14 +5,14 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: demo test
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PYTHON) -m bit_jax.smoke
+	$(PYTHON) train.py --config=configs/demo.py --workdir=workdir/demo
 
 test: $(VENV)/.installed
 	$(PYTHON) -m pytest

@@ -1,0 +1,34 @@
+"""Multi-host start-up: `jax.distributed.initialize()` when the environment asks for it.
+
+Every host runs the same command. On a TPU pod slice and under SLURM, JAX finds its peers
+from the environment; elsewhere set `config.coordinator_address`, `config.num_processes` and
+`config.process_id` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+# Variables whose presence means "this is one process of several".
+_CLUSTER_HINTS = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize(config: Any) -> bool:
+  """Initialises jax.distributed once if this run is multi-process; True if it did."""
+  if jax.distributed.is_initialized():
+    return False
+  if config.get("coordinator_address"):
+    jax.distributed.initialize(config.coordinator_address, config.num_processes,
+                               config.process_id)
+  elif (any(os.environ.get(name) for name in _CLUSTER_HINTS)
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("Process %d of %d, %d local of %d devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True

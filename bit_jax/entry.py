@@ -1,0 +1,70 @@
+"""What every command-line entry point does around its one library call."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def prepare() -> None:
+  """Before absl parses flags: quiet TensorFlow and keep it off the accelerators."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import logging
+  # Orbax logs every file it writes at INFO; keep its warnings, drop the chatter.
+  logging.getLogger("absl").addFilter(
+      lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
+  import tensorflow as tf
+  # tf.data only preprocesses; JAX owns every GPU's memory.
+  tf.config.set_visible_devices([], "GPU")
+
+
+def check_config_overrides(argv: Sequence[str]) -> None:
+  """Fails with one line if `--config=FILE:ARGS` or a `--config.KEY=...` is not valid.
+
+  ml_collections would raise a bare AttributeError from inside flag parsing instead.
+  """
+  path_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv
+               if a.startswith("--config.")]
+  if not path_arg:
+    return
+  path, _, arg = path_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_config_for_checking", path)
+  if spec is None or not os.path.isfile(path):
+    _fail(f"config file {path!r} does not exist; expected e.g. configs/demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    config = module.get_config(arg or None)
+  except ValueError as e:  # UserError from a bad `file.py:key=value` argument.
+    _fail(str(e))
+  for key in overrides:
+    node = config
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        _fail(f"unknown config key {key!r} in --config.{key}; valid keys: "
+              f"{', '.join(sorted(node.keys() if hasattr(node, 'keys') else []))}")
+      node = node[part]
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def run(job: Callable[[], object]) -> None:
+  """Runs `job`; bad user input and a diverged run end with one line and a nonzero exit."""
+  from bit_jax.errors import UserError
+  from bit_jax.train import NonFiniteLossError
+  try:
+    job()
+  except UserError as e:
+    _fail(str(e))
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_FAILED)

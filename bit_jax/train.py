@@ -1,0 +1,190 @@
+"""Upstream pretraining: `train_and_evaluate(config, workdir)`.
+
+Follow one batch: `input_pipeline.train_iterator` shards it on the mesh's `data` axis ->
+`train_step` (jit: state replicated and donated) -> metrics to TensorBoard and the log ->
+`Checkpointer` every `checkpoint_every_steps` -> at the end, the official .npz export.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import input_pipeline
+from bit_jax import checkpointing, distributed, losses, models, npz, optim
+from bit_jax import train_step as train_step_lib
+from bit_jax.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+EXPORT_NAME = "params.npz"
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config.model` on `config.dataset` in `workdir`; returns the final eval metrics."""
+  distributed.maybe_initialize(config)
+  _check_config(config)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+  model = models.get_model(config.model, num_classes=config.num_classes,
+                           dtype=DTYPES[config.dtype])
+  num_train = config.num_train_examples or input_pipeline.num_examples(
+      config.dataset, config.train_split, data_dir=config.data_dir)
+  steps_per_epoch = num_train / config.batch_size
+  total_steps = config.total_steps or math.ceil(config.total_epochs * steps_per_epoch)
+  schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
+  optimizer = optim.make_optimizer(config, schedule)
+  loss_fn = losses.get_loss(config.loss)
+
+  image_shape = (1, config.image_size, config.image_size, 3)
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init_state(params):
+    if params is None:
+      params = model.init(jax.random.key(config.seed), jnp.zeros(image_shape))["params"]
+    return train_step_lib.create_train_state(params, optimizer)
+
+  abstract_state = jax.eval_shape(lambda: init_state.__wrapped__(None))
+  abstract_state = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
+
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      use_async=config.async_checkpoints)
+  state, origin = checkpointing.restore_or_initialize(
+      checkpointer, abstract_state, init_state, model, config)
+  start_step = int(state.step)
+  logging.info("Starting at step %d of %d: %s", start_step, total_steps, origin)
+
+  train_step = jax.jit(
+      train_step_lib.make_train_step(model, optimizer, loss_fn, schedule,
+                                     accum_steps=config.accum_steps),
+      in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  eval_step = jax.jit(train_step_lib.make_eval_step(model, loss_fn),
+                      in_shardings=(replicated, sharded), out_shardings=replicated)
+
+  train_batches = input_pipeline.train_iterator(
+      config.dataset, config.train_split, config.pp_train, config.batch_size, mesh,
+      seed=config.seed, start_step=start_step, data_dir=config.data_dir,
+      shuffle_buffer=config.shuffle_buffer)
+  eval_batches = input_pipeline.eval_iterator(
+      config.dataset, config.eval_split, config.pp_eval, config.eval_batch_size, mesh,
+      data_dir=config.data_dir)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  preempted = _PreemptionFlag()
+
+  def evaluate(step):
+    sums = None
+    for batch in eval_batches:
+      counts = eval_step(state.params, batch)
+      sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
+    sums = jax.device_get(sums)
+    results = {f"eval/{k}": float(sums[k] / sums["count"]) for k in ("top1", "top5", "loss")}
+    writer.write_scalars(step, results)
+    return results
+
+  results = {}
+  step = start_step
+  timer = (time.perf_counter(), step)
+  while step < total_steps:
+    batch = next(train_batches)
+    state, step_metrics = train_step(state, batch)
+    step += 1
+    progress(step)
+    is_last = step == total_steps
+    if step % config.log_every_steps == 0 or is_last:
+      scalars = {f"train/{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
+      _check_finite(step_metrics, step, checkpointer)
+      elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
+      scalars["train/images_per_sec_per_device"] = (
+          steps_done * config.batch_size / elapsed / jax.device_count())
+      timer = (time.perf_counter(), step)
+      writer.write_scalars(step, scalars)
+    if step % config.eval_every_steps == 0 or is_last:
+      results = evaluate(step)
+    if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+      # Never save a diverged state over a good one.
+      _check_finite(step_metrics, step, checkpointer)
+      checkpointer.save(step, state)
+    if preempted and not is_last:
+      logging.warning("SIGTERM received: saved step %d, exiting to be resumed.", step)
+      break
+  preempted.restore()
+  checkpointer.wait()
+  checkpointer.close()
+  writer.flush()
+  if step == total_steps and jax.process_index() == 0:
+    npz.save(jax.device_get(state.params), os.path.join(workdir, EXPORT_NAME))
+  return results
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  if config.dtype not in DTYPES:
+    raise UserError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+  if config.batch_size % (jax.device_count() * config.accum_steps):
+    raise UserError(
+        f"batch_size {config.batch_size} must divide evenly over {jax.device_count()} devices "
+        f"x accum_steps {config.accum_steps}")
+
+
+def _check_finite(step_metrics: dict[str, jax.Array], step: int,
+                  checkpointer: checkpointing.Checkpointer) -> None:
+  """Stops on a NaN/Inf loss, or on parameters an exploding update made non-finite."""
+  loss, param_norm = (float(step_metrics[k]) for k in ("loss", "param_norm"))
+  if not (np.isfinite(loss) and np.isfinite(param_norm)):
+    checkpointer.wait()  # Let a save in flight finish, so the last good one stays whole.
+    raise NonFiniteLossError(
+        f"loss is {loss} (parameter norm {param_norm}) at step {step}; stopping. "
+        f"The last good checkpoint "
+        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is untouched; "
+        "lower the learning rate or check the input.")
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update({f"{key}.{k}": v for k, v in _flat_hparams(value).items()})
+    else:
+      flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+
+
+class _PreemptionFlag:
+  """True once SIGTERM arrived; the loop then saves and exits instead of dying mid-step."""
+
+  def __init__(self):
+    self._set = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._set = True
+
+  def __bool__(self):
+    return self._set

@@ -1,0 +1,84 @@
+"""Fields every upstream config shares, and `file.py:key=value,...` argument parsing."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from bit_jax.errors import UserError
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`"model=BiT-S-R101x3,runlocal=True"` -> fields over `defaults`; unknown keys fail."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise UserError(f"bad config argument {item!r}; valid: "
+                      f"{', '.join(f'{k}=...' for k in defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      parsed[key] = value.lower() in ("1", "true", "yes")
+    else:
+      parsed[key] = type(default)(value) if default is not None else value
+  return parsed
+
+
+def upstream_config() -> ml_collections.ConfigDict:
+  """The paper's upstream recipe (BiT Section 3.1); variants override a few fields."""
+  c = ml_collections.ConfigDict()
+  c.model = "BiT-S-R50x1"  # A release name from bit_jax.models.MODEL_NAMES.
+  c.num_classes = 1000  # Head size.
+  c.dtype = "float32"  # Compute dtype: float32 or bfloat16 (params stay float32).
+  c.image_size = 224  # Training crop; also the init shape.
+
+  c.dataset = "imagenet2012"  # A TFDS name (or `folder:/path`, or an embedded dataset).
+  c.data_dir = None  # TFDS data_dir; None is TFDS's default.
+  c.train_split = "train"  # Split strings may slice and add: `train[:99%]+validation`.
+  c.eval_split = "validation"  # Held-out split for top-1/top-5.
+  c.num_train_examples = 0  # 0: from TFDS metadata. Set it where metadata is missing.
+  c.pp_train, c.pp_eval = imagenet_pp(1000)  # Preprocessing op strings (input_pipeline.ops).
+  c.shuffle_buffer = 250_000  # Examples in the shuffle buffer of each process.
+  c.loss = "softmax_xent"  # softmax_xent, or sigmoid_xent for multi-label data.
+
+  c.batch_size = 4096  # Global batch, over all devices of all hosts.
+  c.accum_steps = 1  # Micro-batches per step: same result, 1/accum_steps the memory.
+  c.eval_batch_size = 1024  # Global eval batch; the tail is padded and masked.
+  c.lr_per_256 = 0.03  # Linear scaling rule: lr = 0.03 x batch / 256.
+  c.schedule = "paper"  # paper: warmup then /10 at decay_epochs; cosine: the modern variant.
+  c.warmup_steps = 5000  # Linear warmup from 0.
+  c.decay_epochs = (30, 60, 80)  # /10 at each (paper schedule only).
+  c.total_epochs = 90
+  c.total_steps = 0  # 0: from total_epochs; set it for short runs.
+  c.momentum = 0.9
+  c.weight_decay = 1e-4  # On conv and dense kernels.
+  c.weight_decay_style = "coupled"  # coupled: L2 in the gradient (paper); decoupled: SGDW.
+  c.grad_clip_norm = 0.0  # 0: off (paper); the modern variant clips at 1.0.
+  c.seed = 0  # Parameter init and data order.
+
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+
+  c.init = ""  # An official .npz to start from (after a workdir checkpoint and resume).
+  c.resume = ""  # Another run's checkpoint directory to continue from.
+  c.coordinator_address = ""  # Multi-host outside TPU/SLURM: host:port of process 0,
+  c.num_processes = 0  # the number of processes,
+  c.process_id = 0  # and this one's index.
+  return c
+
+
+def imagenet_pp(num_classes: int, crop: int = 224, resize: int = 256) -> tuple[str, str]:
+  """(train, eval) preprocessing of the paper: inception crop and flip / central crop."""
+  labels = f"onehot({num_classes})|keep('image', 'label')"
+  return (f"decode|inception_crop({crop})|flip_lr|value_range(-1,1)|{labels}",
+          f"decode|resize_small({resize})|central_crop({crop})|value_range(-1,1)|{labels}")
+
+
+def modern(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The modern variant: cosine schedule, decoupled weight decay, gradient clipping."""
+  c.schedule = "cosine"
+  c.weight_decay_style = "decoupled"
+  c.grad_clip_norm = 1.0
+  return c

@@ -1,0 +1,175 @@
+"""Upstream training end to end: configs, the demo, exact resume, preemption, divergence."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bit_jax import entry, npz, train
+from configs import bit_l, bit_m, bit_s, common, demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(model="tiny-R14", image_size=32, batch_size=16, eval_batch_size=16,
+            warmup_steps=2, log_every_steps=1, eval_every_steps=1000,
+            checkpoint_every_steps=1000, shuffle_buffer=64)
+
+
+def _configure(config, **overrides):
+  config.update({**TINY, **overrides})
+  return config
+
+
+@pytest.mark.parametrize("get_config", [bit_s.get_config, bit_m.get_config, bit_l.get_config])
+def test_upstream_configs_run_a_few_steps_on_mock_data(tmp_path, get_config):
+  config = _configure(
+      get_config(), dataset="imagenet2012", num_classes=1000, total_steps=3,
+      num_train_examples=64, train_split="train", eval_split="validation",
+      **dict(zip(("pp_train", "pp_eval"), common.imagenet_pp(1000, crop=32, resize=36))))
+  with tfds.testing.mock_data(num_examples=20):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= results["eval/top1"] <= results["eval/top5"] <= 1.0
+  assert np.isfinite(results["eval/loss"])
+  assert os.path.exists(tmp_path / "checkpoints" / "3")
+  assert npz.load(tmp_path / train.EXPORT_NAME)["head"]["conv2d"]["kernel"].shape[-1] == 1000
+
+
+def _scalars(workdir):
+  """{tag: {step: value}} from the TensorBoard event files in `workdir`."""
+  scalars = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        array = tf.make_ndarray(value.tensor)
+        if array.shape == () and array.dtype.kind == "f":  # Scalars, not hparams or text.
+          scalars.setdefault(value.tag, {})[event.step] = float(array)
+  return scalars
+
+
+def _run_train_py(workdir, *overrides, timeout=600):
+  return subprocess.run(
+      [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
+       *overrides], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_learns_on_the_embedded_data(tmp_path):
+  workdir = str(tmp_path / "demo")
+  done = _run_train_py(workdir, "--config.total_steps=200")
+  assert done.returncode == 0, done.stderr[-3000:]
+  scalars = _scalars(workdir)
+  losses = scalars["train/loss"]
+  assert losses[200] < 0.5 * losses[50]
+  assert scalars["eval/top1"][200] > 0.5  # 10 balanced classes: chance is 0.1.
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["200"]
+  exported = npz.load(os.path.join(workdir, train.EXPORT_NAME))
+  assert exported["head"]["conv2d"]["kernel"].shape == (1, 1, 1024, 10)
+
+
+# Runs the demo config in a fresh process and SIGKILLs it right after the checkpoint at
+# `kill_at` is on disk, the way a preempted or crashed host dies.
+_KILLED_RUN = """
+import logging, os, signal, sys
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {root!r})
+from bit_jax import checkpointing, train
+from configs import demo
+original_save = checkpointing.Checkpointer.save
+def save_then_die(self, step, state):
+  original_save(self, step, state)
+  if step == {kill_at}:
+    self.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpointing.Checkpointer.save = save_then_die
+config = demo.get_config()
+config.update({overrides!r})
+train.train_and_evaluate(config, {workdir!r})
+"""
+
+
+def _python(code, **kwargs):
+  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, **kwargs)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+  overrides = dict(total_steps=8, checkpoint_every_steps=4, log_every_steps=4,
+                   eval_every_steps=1000, batch_size=16, shuffle_buffer=256)
+  straight = _python(_KILLED_RUN.format(root=ROOT, kill_at=-1, overrides=overrides,
+                                        workdir=str(tmp_path / "straight")))
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  killed = _python(_KILLED_RUN.format(root=ROOT, kill_at=4, overrides=overrides,
+                                      workdir=str(tmp_path / "resumed")))
+  assert killed.returncode == -signal.SIGKILL
+  assert not os.path.exists(tmp_path / "resumed" / train.EXPORT_NAME)
+  resumed = _python(_KILLED_RUN.format(root=ROOT, kill_at=-1, overrides=overrides,
+                                       workdir=str(tmp_path / "resumed")))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from step 4" in resumed.stderr
+  a = npz.read_flat(tmp_path / "straight" / train.EXPORT_NAME)
+  b = npz.read_flat(tmp_path / "resumed" / train.EXPORT_NAME)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)  # Bitwise.
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+  workdir = tmp_path / "preempted"
+  process = subprocess.Popen(
+      [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
+       "--config.total_steps=100000", "--config.log_every_steps=1",
+       "--config.checkpoint_every_steps=100000"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in process.stderr:  # Wait until steps are running.
+    if "train/loss" in line or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGTERM)
+  _, rest = process.communicate(timeout=120)
+  assert process.returncode == 0, rest[-3000:]
+  steps = os.listdir(workdir / "checkpoints")
+  assert len(steps) == 1 and 0 < int(steps[0]) < 100000
+  assert not os.path.exists(workdir / train.EXPORT_NAME)  # Not finished: nothing exported.
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _configure(demo.get_config(), total_steps=2, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  good = {k: v.copy() for k, v in npz.read_flat(tmp_path / train.EXPORT_NAME).items()}
+  # Resume the same run with a learning rate that blows the parameters up.
+  diverging = _configure(demo.get_config(), total_steps=6, checkpoint_every_steps=1,
+                         lr_per_256=1e30, warmup_steps=0)
+  # Step 3's loss is still finite (computed before the exploding update); its parameters
+  # are not, so step 3 must not be saved over the good step 2.
+  with pytest.raises(train.NonFiniteLossError, match=r"at step 3.*checkpoint \(step 2\)"):
+    train.train_and_evaluate(diverging, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  np.testing.assert_array_equal(npz.read_flat(tmp_path / train.EXPORT_NAME)["group_norm/beta"],
+                                good["group_norm/beta"])
+
+
+def test_unknown_config_key_lists_the_valid_keys(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    entry.check_config_overrides(["train.py", "--config=configs/demo.py",
+                                  "--config.learning_rate=0.1"])
+  assert exit_info.value.code == entry.EXIT_BAD_INPUT
+  message = capsys.readouterr().err.strip()
+  assert "\n" not in message
+  assert "unknown config key 'learning_rate'" in message and "lr_per_256" in message
+
+
+def test_bad_config_argument_and_model_fail_with_one_line(tmp_path):
+  bad_arg = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/bit_s.py:modle=R50", "--workdir=x"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad_arg.returncode == entry.EXIT_BAD_INPUT
+  assert bad_arg.stderr.strip().splitlines()[-1] == (
+      "error: bad config argument 'modle=R50'; valid: model=..., recipe=...")
+  bad_model = _run_train_py(tmp_path, "--config.model=R50", timeout=120)
+  assert bad_model.returncode == entry.EXIT_BAD_INPUT
+  assert bad_model.stderr.strip().splitlines()[-1].startswith(
+      "error: unknown model 'R50'; valid models: BiT-S-R50x1")

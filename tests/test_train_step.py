@@ -1,0 +1,83 @@
+"""The train step: data parallelism and gradient accumulation change nothing but speed."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from bit_jax import losses, models, optim, train_step as train_step_lib
+
+MODEL = models.get_model("tiny-R14", num_classes=4)
+
+
+def _batch(size, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.uniform(-1, 1, (size, 32, 32, 3)).astype(np.float32),
+          "label": np.eye(4, dtype=np.float32)[rng.integers(0, 4, size)]}
+
+
+def _state(optimizer):
+  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  # A non-zero head, so the first update moves the backbone too.
+  params["head"]["conv2d"]["kernel"] = 0.1 * jax.random.normal(
+      jax.random.key(1), params["head"]["conv2d"]["kernel"].shape)
+  return train_step_lib.create_train_state(params, optimizer)
+
+
+def _run(devices, batch, accum_steps=1, steps=2):
+  schedule = lambda step: 0.1
+  optimizer = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(schedule))
+  step_fn = train_step_lib.make_train_step(MODEL, optimizer, losses.softmax_xent, schedule,
+                                           accum_steps=accum_steps)
+  mesh = Mesh(np.array(devices), ("data",))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  jitted = jax.jit(step_fn, in_shardings=(replicated, sharded),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+  state = jax.device_put(_state(optimizer), replicated)
+  for _ in range(steps):
+    state, step_metrics = jitted(state, jax.device_put(batch, sharded))
+  return state, step_metrics
+
+
+def _assert_trees_close(a, b, rtol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6), a, b)
+
+
+def test_eight_devices_give_the_same_update_as_one():
+  assert jax.device_count() == 8
+  batch = _batch(16)
+  one, metrics_one = _run(jax.devices()[:1], batch)
+  eight, metrics_eight = _run(jax.devices(), batch)
+  assert int(eight.step) == 2
+  np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-4)
+  _assert_trees_close(one.params, eight.params, rtol=1e-4)
+  # And the update did something.
+  assert float(metrics_one["grad_norm"]) > 0
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_accumulating_k_micro_batches_equals_one_big_batch(devices):
+  batch = _batch(16, seed=3)
+  full, metrics_full = _run(jax.devices()[:devices], batch)
+  accumulated, metrics_acc = _run(jax.devices()[:devices], batch, accum_steps=2)
+  np.testing.assert_allclose(metrics_full["loss"], metrics_acc["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics_full["grad_norm"], metrics_acc["grad_norm"], rtol=1e-4)
+  _assert_trees_close(full.params, accumulated.params, rtol=1e-4)
+
+
+def test_eval_step_counts_only_unmasked_examples():
+  params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  # Fixed logits: a head whose bias alone decides, so every example predicts class 2.
+  params["head"]["conv2d"]["bias"] = jnp.array([0.0, 1.0, 3.0, 2.0])
+  labels = np.eye(4, dtype=np.float32)[[2, 2, 3, 0, 2, 1]]
+  batch = {"image": np.zeros((6, 32, 32, 3), np.float32), "label": labels,
+           "_mask": np.array([1, 1, 1, 1, 0, 0], bool)}
+  eval_step = jax.jit(train_step_lib.make_eval_step(MODEL, losses.softmax_xent))
+  counts = jax.device_get(eval_step(params, batch))
+  assert counts["count"] == 4
+  assert counts["top1"] == 2   # examples 0 and 1; the masked example 4 would add one.
+  assert counts["top5"] == 4   # 4 classes: every label is within the top 4.
+  log_probs = jax.nn.log_softmax(jnp.array([0.0, 1.0, 3.0, 2.0]))
+  expected_loss = -(2 * log_probs[2] + log_probs[3] + log_probs[0])
+  np.testing.assert_allclose(counts["loss"], expected_loss, rtol=1e-5)

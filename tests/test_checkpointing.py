@@ -1,0 +1,81 @@
+"""Where a run starts: workdir checkpoint -> config.resume -> config.init -> scratch."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from bit_jax import checkpointing, models, npz, train_step
+from bit_jax.errors import UserError
+
+MODEL = models.get_model("tiny-R14", num_classes=3)
+OPTIMIZER = optax.sgd(0.1, momentum=0.9)
+
+
+def _init_state(params):
+  if params is None:
+    params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  return train_step.create_train_state(params, OPTIMIZER)
+
+
+def _saved(directory, step, shift):
+  state = _init_state(None)
+  state = state.replace(step=jnp.asarray(step),
+                        params=jax.tree.map(lambda x: x + shift, state.params))
+  checkpointer = checkpointing.Checkpointer(str(directory), keep=2, use_async=False)
+  checkpointer.save(step, state)
+  checkpointer.close()
+  return state
+
+
+def _start(workdir, **config):
+  checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), keep=2)
+  abstract = checkpointing.abstract_of(_init_state(None))
+  config = ml_collections.ConfigDict({"resume": "", "init": "", **config})
+  return checkpointing.restore_or_initialize(checkpointer, abstract, _init_state, MODEL,
+                                             config)
+
+
+def _beta(state):
+  return np.asarray(state.params["group_norm"]["beta"])
+
+
+def test_scratch_when_nothing_is_given(tmp_path):
+  state, origin = _start(tmp_path)
+  assert origin == "initialised from scratch" and int(state.step) == 0
+
+
+def test_init_loads_an_official_npz_with_a_fresh_optimizer(tmp_path):
+  params = jax.tree.map(lambda x: x + 2.0, _init_state(None).params)
+  params["head"]["conv2d"]["kernel"] = np.ones((1, 1, 1024, 7))  # Another task's head.
+  params["head"]["conv2d"]["bias"] = np.ones(7)
+  npz.save(params, tmp_path / "init.npz")
+  state, origin = _start(tmp_path, init=str(tmp_path / "init.npz"))
+  assert origin.startswith(f"initialised from {tmp_path / 'init.npz'}")
+  assert "replaced (zero-initialised): head/conv2d/bias" in origin
+  np.testing.assert_array_equal(_beta(state), 2.0)
+  assert not np.asarray(state.params["head"]["conv2d"]["kernel"]).any()
+  assert int(state.step) == 0
+
+
+def test_resume_beats_init_and_workdir_beats_resume(tmp_path):
+  npz.save(jax.tree.map(lambda x: x + 2.0, _init_state(None).params), tmp_path / "init.npz")
+  _saved(tmp_path / "other", 7, shift=3.0)
+  state, origin = _start(tmp_path, init=str(tmp_path / "init.npz"),
+                         resume=str(tmp_path / "other"))
+  assert origin == f"resumed from step 7 of {tmp_path / 'other'}"
+  np.testing.assert_array_equal(_beta(state), 3.0)
+  assert int(state.step) == 7
+
+  _saved(tmp_path / "checkpoints", 9, shift=4.0)
+  state, origin = _start(tmp_path, init=str(tmp_path / "init.npz"),
+                         resume=str(tmp_path / "other"))
+  assert origin == "resumed from step 9 in this workdir"
+  np.testing.assert_array_equal(_beta(state), 4.0)
+
+
+def test_resume_from_an_empty_directory_is_an_error(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="holds no checkpoint"):
+    _start(tmp_path, resume=str(tmp_path / "empty"))

@@ -1,0 +1,56 @@
+"""Exporting a training checkpoint to the official .npz."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bit_jax import checkpointing, export, models, npz, train_step
+from bit_jax.errors import UserError
+
+
+def _checkpoint(workdir, steps):
+  model = models.get_model("tiny-R14", num_classes=3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), keep=5)
+  states = {}
+  for step in steps:
+    params = jax.tree.map(lambda x: x + 1.0, params)
+    states[step] = train_step.create_train_state(params, optax.sgd(0.1, momentum=0.9))
+    checkpointer.save(step, states[step])
+  checkpointer.wait()
+  checkpointer.close()
+  return states
+
+
+def test_latest_and_chosen_steps_export_their_parameters(tmp_path):
+  states = _checkpoint(tmp_path, [5, 10])
+  latest = export.export(str(tmp_path))
+  assert latest.endswith("params_step10.npz")
+  jax.tree.map(np.testing.assert_array_equal, npz.load(latest),
+               jax.tree.map(np.asarray, states[10].params))
+  chosen = export.export(str(tmp_path), out=str(tmp_path / "five.npz"), step=5)
+  np.testing.assert_array_equal(npz.load(chosen)["head"]["conv2d"]["bias"],
+                                np.asarray(states[5].params["head"]["conv2d"]["bias"]))
+
+
+def test_missing_step_or_workdir_is_one_clear_line(tmp_path):
+  _checkpoint(tmp_path, [5])
+  with pytest.raises(UserError, match="no checkpoint for step 7 .*valid steps: 5"):
+    export.export(str(tmp_path), step=7)
+  with pytest.raises(UserError, match="expected the workdir of a train.py run"):
+    export.export(str(tmp_path / "nowhere"))
+
+
+def test_command_line(tmp_path):
+  _checkpoint(tmp_path, [3])
+  done = subprocess.run([sys.executable, "-m", "bit_jax.export", f"--workdir={tmp_path}"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().endswith("params_step3.npz")
+  bad = subprocess.run([sys.executable, "-m", "bit_jax.export", f"--workdir={tmp_path}/x"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")

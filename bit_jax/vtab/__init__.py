@@ -1,0 +1,3 @@
+"""VTAB-1k: the 19 tasks (`registry`), their label preprocessing (`labels`) and the results
+report beside published numbers (`report`). Command line: `python -m bit_jax.vtab list --json`.
+"""

@@ -20,6 +20,14 @@ from bit_jax.errors import UserError
 
 def export(workdir: str, out: str | None = None, step: int | None = None) -> str:
   """Writes checkpoint `step` (default: latest) of `workdir` as .npz; returns its path."""
+  params, step = checkpoint_params(workdir, step)
+  out = out or os.path.join(workdir, f"params_step{step}.npz")
+  npz.save(params, out)
+  return out
+
+
+def checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """(params on the host, step) of checkpoint `step` (default: latest) of a train.py run."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise UserError(f"{directory} does not exist; expected the workdir of a train.py run")
@@ -32,9 +40,7 @@ def export(workdir: str, out: str | None = None, step: int | None = None) -> str
                     f"valid steps: {', '.join(map(str, steps)) or 'none'}")
   state = manager.restore(step, args=ocp.args.StandardRestore())
   manager.close()
-  out = out or os.path.join(workdir, f"params_step{step}.npz")
-  npz.save(jax.device_get(state["params"]), out)
-  return out
+  return jax.device_get(state["params"]), step
 
 
 def main(argv):

@@ -124,14 +124,13 @@ def _l2_normalize(feats: np.ndarray) -> np.ndarray:
   return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
-def ncm_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
-                 test_feats: np.ndarray, test_labels: np.ndarray) -> float:
-  """Returns test top-1 accuracy of nearest-class-mean classification.
+def ncm_scores(train_feats: np.ndarray, train_labels: np.ndarray,
+               test_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(classes, scores): negative squared distances of each test point to each prototype.
 
   Every feature vector is L2-normalised first; prototypes are the means of the normalised train
-  features of each class (not renormalised), and a test point takes the class of the prototype at
-  the smallest Euclidean distance (SimpleShot's "L2N"). Ties go to the smaller class id. Only
-  classes present in `train_labels` can be predicted.
+  features of each class (not renormalised), SimpleShot's "L2N". Only classes present in
+  `train_labels` have a prototype; `scores[:, j]` belongs to `classes[j]`.
   """
   train_labels = _check_labels(train_labels)
   classes, inverse = np.unique(train_labels, return_inverse=True)
@@ -140,8 +139,20 @@ def ncm_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
   np.add.at(prototypes, inverse, train_x)
   prototypes /= np.bincount(inverse)[:, None]
   test_x = _l2_normalize(test_feats)
-  sq_dists = ((test_x[:, None, :] - prototypes[None, :, :])**2).sum(axis=-1)
-  preds = classes[np.argmin(sq_dists, axis=1)]
+  # |x - p|^2 expanded, so memory is N x C rather than N x C x D.
+  sq_dists = ((test_x**2).sum(1)[:, None] - 2 * test_x @ prototypes.T
+              + (prototypes**2).sum(1)[None, :])
+  return classes, -sq_dists
+
+
+def ncm_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
+                 test_feats: np.ndarray, test_labels: np.ndarray) -> float:
+  """Returns test top-1 accuracy of nearest-class-mean classification (see `ncm_scores`).
+
+  A test point takes the class of the nearest prototype; ties go to the smaller class id.
+  """
+  classes, scores = ncm_scores(train_feats, train_labels, test_feats)
+  preds = classes[np.argmax(scores, axis=1)]
   return float(np.mean(preds == _check_labels(test_labels)))
 
 

@@ -12,7 +12,7 @@ transfer loop that uses it:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 
@@ -82,7 +82,16 @@ def lr_schedule(dataset_size: int,
   Agrees with `get_lr` for every step < total. There is no None under jit, so from `total` on it
   returns 0.0: a step past the end leaves the parameters where they are.
   """
-  warmup, *decays, total = get_schedule(dataset_size)
+  return staircase_schedule(get_schedule(dataset_size), base_lr)
+
+
+def staircase_schedule(boundaries: Sequence[int],
+                       base_lr: float = 0.003) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """`lr_schedule` for explicit [warmup, decay1, decay2, decay3, total] boundaries.
+
+  For shortened runs (CPU demos, tests) that keep the rule's shape with fewer steps.
+  """
+  warmup, *decays, total = boundaries
   decays = jnp.asarray(decays)
 
   def schedule(step: jnp.ndarray) -> jnp.ndarray:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from bit_jax import metrics as metrics_lib
+from bit_jax import models
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, labels) -> per-example loss
@@ -33,27 +34,49 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> 
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: LossFn,
-                    schedule: Callable[[jax.Array], jax.Array], *, accum_steps: int = 1
+                    schedule: Callable[[jax.Array], jax.Array], *, accum_steps: int = 1,
+                    mixup_alpha: float = 0.0, rng: jax.Array | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer update from `batch["image"]` and dense `batch["label"]`.
 
   With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
   averaged before the update: the same result as the full batch (GroupNorm has no batch
-  statistics), in a fraction of the activation memory.
+  statistics), in a fraction of the activation memory. With `mixup_alpha` > 0 the batch is
+  mixed on device first, with randomness `fold_in(rng, step)`.
   """
+  if mixup_alpha > 0 and rng is None:
+    raise ValueError("mixup needs an rng")
+  if mixup_alpha > 0:
+    # Imported here: input_pipeline loads TensorFlow, which a step without MixUp (and each
+    # process of a multi-host test) need not pay for.
+    from input_pipeline import mixup  # pylint: disable=import-outside-toplevel
+  # A BiT model's weight standardization depends on the parameters only, so it is computed
+  # once per step and backpropagated through once (jax.vjp), outside the micro-batch loop:
+  # the model inside the loop takes standardized kernels as they are.
+  hoist_ws = isinstance(model, models.ResNetV2) and not model.kernels_standardized
+  inner_model = model.clone(kernels_standardized=True) if hoist_ws else model
 
   def mean_loss(params, images, labels):
-    logits, _ = model.apply({"params": params}, images, train=True)
+    logits, _ = inner_model.apply({"params": params}, images, train=True)
     return jnp.mean(loss_fn(logits, labels))
 
   grad_fn = jax.value_and_grad(mean_loss)
 
-  def train_step(state: TrainState, batch: Batch):
-    images, labels = batch["image"], batch["label"]
+  def loss_and_grads(params, images, labels):
+    if hoist_ws:
+      params, standardize_vjp = jax.vjp(models.standardize_kernels, params)
     if accum_steps == 1:
-      loss, grads = grad_fn(state.params, images, labels)
+      loss, grads = grad_fn(params, images, labels)
     else:
-      loss, grads = _accumulated(grad_fn, state.params, images, labels, accum_steps)
+      loss, grads = _accumulated(grad_fn, params, images, labels, accum_steps)
+    if hoist_ws:
+      grads, = standardize_vjp(grads)
+    return loss, grads
+
+  def train_step(state: TrainState, batch: Batch):
+    if mixup_alpha > 0:
+      batch = mixup(jax.random.fold_in(rng, state.step), batch, mixup_alpha)
+    loss, grads = loss_and_grads(state.params, batch["image"], batch["label"])
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = {"loss": loss, "learning_rate": schedule(state.step),

@@ -13,7 +13,11 @@ downstream to `bit_digits` (1,797 8x8 digits, 10 classes). Images are stored as
 Importing this module registers both names with TFDS.
 """
 from input_pipeline.embedded.animal_silhouettes import BitAnimalSilhouettes
+from input_pipeline.embedded.animal_silhouettes import BitFarmAnimals
+from input_pipeline.embedded.animal_silhouettes import BitWildAnimals
 from input_pipeline.embedded.digits import BitDigits
 
 BUILDERS = {"bit_animal_silhouettes": BitAnimalSilhouettes,
+            "bit_wild_animals": BitWildAnimals,
+            "bit_farm_animals": BitFarmAnimals,
             "bit_digits": BitDigits}

@@ -79,3 +79,41 @@ def _load_array(path: str) -> np.ndarray:
   if not isinstance(array, np.ndarray) or array.dtype.hasobject:
     raise InputError(f"{path} does not hold a plain numpy array")
   return array
+
+
+class _AnimalSubset(BitAnimalSilhouettes, skip_registration=True):
+  """Some of the ten classes, relabelled 0..k-1: disjoint upstream and downstream tasks."""
+
+  TEST_PER_CLASS = 100  # train 4,500 / test 500.
+
+  def load_arrays(self):
+    images, labels = super().load_arrays()
+    kept = [BitAnimalSilhouettes.CLASS_NAMES.index(n) for n in self.CLASS_NAMES]
+    mask = np.isin(labels, kept)
+    relabel = np.full(len(BitAnimalSilhouettes.CLASS_NAMES), -1)
+    relabel[kept] = np.arange(len(kept))
+    self._package_index = np.flatnonzero(mask)
+    return images[mask], relabel[labels[mask]]
+
+  def _generate_examples(self, images, labels, indices):
+    # `index` stays the position in the package, as in bit_animal_silhouettes.
+    for key, example in super()._generate_examples(images, labels, indices):
+      yield key, {**example, "index": int(self._package_index[key])}
+
+
+class BitWildAnimals(_AnimalSubset):
+  """The demo's upstream: five wild animals of animal-mnist, 900 train / 100 test each."""
+
+  CLASS_NAMES = ("bear", "bird", "elephant", "giraffe", "zebra")
+  DESCRIPTION = ("The bear, bird, elephant, giraffe and zebra silhouettes of animal-mnist "
+                 "0.4 (labels 0-4 in this order); test = 100 per class as in "
+                 "bit_animal_silhouettes, train = the other 4,500.")
+
+
+class BitFarmAnimals(_AnimalSubset):
+  """The demo's downstream: the other five classes, unseen upstream."""
+
+  CLASS_NAMES = ("cat", "cow", "dog", "horse", "sheep")
+  DESCRIPTION = ("The cat, cow, dog, horse and sheep silhouettes of animal-mnist 0.4 "
+                 "(labels 0-4 in this order); test = 100 per class as in "
+                 "bit_animal_silhouettes, train = the other 4,500.")

@@ -10,9 +10,10 @@ import input_pipeline as ip
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-  """A TFDS data_dir holding both embedded datasets, prepared once."""
+  """A TFDS data_dir holding every embedded dataset, prepared once."""
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  for name in ("bit_digits", "bit_animal_silhouettes"):
+  for name in ("bit_digits", "bit_animal_silhouettes", "bit_wild_animals",
+               "bit_farm_animals"):
     ip.get_source(name, data_dir)
   return data_dir
 

@@ -129,3 +129,25 @@ def test_package_arrays_load_without_running_pickled_code(tmp_path):
     pickle.dump(np.arange(6, dtype=np.uint8).reshape(2, 3), f)
   np.testing.assert_array_equal(animal_silhouettes._load_array(str(plain)),
                                 np.arange(6).reshape(2, 3))
+
+
+def test_wild_and_farm_animals_split_the_ten_classes(tfds_dir):
+  """Disjoint classes (upstream vs downstream), relabelled 0-4, images unchanged."""
+  full = {ex["index"]: ex for ex in _load("bit_animal_silhouettes", "train+test", tfds_dir)}
+  names = animal_silhouettes.BitAnimalSilhouettes.CLASS_NAMES
+  seen = set()
+  for name, builder in (("bit_wild_animals", animal_silhouettes.BitWildAnimals),
+                        ("bit_farm_animals", animal_silhouettes.BitFarmAnimals)):
+    info = tfds.builder(name, data_dir=tfds_dir).info
+    assert info.splits["train"].num_examples == 4500
+    assert info.splits["test"].num_examples == 500
+    assert info.features["label"].names == list(builder.CLASS_NAMES)
+    examples = _load(name, "train+test", tfds_dir)
+    for ex in examples[::97]:
+      original = full[ex["index"]]
+      np.testing.assert_array_equal(ex["image"], original["image"])
+      assert builder.CLASS_NAMES[ex["label"]] == names[original["label"]]
+    indices = {ex["index"] for ex in examples}
+    assert len(indices) == 5000 and not indices & seen
+    seen |= indices
+  assert seen == set(full)

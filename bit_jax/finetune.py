@@ -1,0 +1,137 @@
+"""One BiT-HyperRule fine-tuning run: a source in, test top-1 and calibration out.
+
+SGD with momentum 0.9 and no weight decay, batch 512, the HyperRule's schedule, resolution
+and MixUp; the head starts at zero. `bit_jax.transfer` calls this once per (shots, seed,
+initialisation) and writes the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import input_pipeline
+from bit_jax import calibration, hyperrule, losses, models
+from bit_jax import train_step as train_step_lib
+from bit_jax.errors import UserError
+
+# The network downsamples by 32: a smaller crop leaves block4 nothing to see.
+MIN_CROP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The hyperparameters of one run, after the HyperRule and the config's overrides."""
+  resize: int
+  crop: int
+  schedule: tuple[int, ...]  # [warmup, decay1, decay2, decay3, total] in steps.
+  mixup_alpha: float
+  base_lr: float
+  batch_size: int
+
+  def pp_train(self, num_classes: int) -> str:
+    return (f"decode|resize({self.resize})|random_crop({self.crop})|flip_lr|"
+            f"value_range(-1,1)|onehot({num_classes})|keep('image', 'label')")
+
+  def pp_eval(self, num_classes: int) -> str:
+    return (f"decode|resize({self.crop})|value_range(-1,1)|onehot({num_classes})|"
+            f"keep('image', 'label')")
+
+
+def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) -> Plan:
+  """The HyperRule for `dataset_size` training examples of `image_hw` images."""
+  if config.resolution:
+    resize, crop = config.resolution
+  elif image_hw is None:
+    raise UserError("the dataset's image size is unknown (variable-size images or mock "
+                    "data); set --config.resolution=RESIZE,CROP, e.g. 448,384")
+  else:
+    resize, crop = hyperrule.get_resolution(image_hw, config.hyperrule_variant)
+  if crop < MIN_CROP or resize < crop:
+    raise UserError(f"resolution (resize {resize}, crop {crop}) is too small for "
+                    f"{config.model}: the crop must be at least {MIN_CROP} pixels (the "
+                    "network downsamples by 32) and no larger than the resize")
+  schedule = hyperrule.get_schedule(dataset_size)
+  if config.total_steps:  # A shorter run for CPUs and tests: the same shape, rescaled.
+    schedule = [max(1, round(s * config.total_steps / schedule[-1])) for s in schedule]
+  mixup = hyperrule.get_mixup(dataset_size) if config.mixup_alpha < 0 else config.mixup_alpha
+  return Plan(resize, crop, tuple(schedule), mixup, config.base_lr, config.batch_size)
+
+
+def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str,
+             test_source, test_split: str, num_classes: int, plan: Plan, *, seed: int,
+             config: Any, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """Fine-tunes `params` by `plan`; returns test top-1, ECE and the example count."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  schedule = hyperrule.staircase_schedule(plan.schedule, plan.base_lr)
+  optimizer = optax.chain(optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
+  step_fn = train_step_lib.make_train_step(
+      model, optimizer, losses.softmax_xent, schedule, accum_steps=config.accum_steps,
+      mixup_alpha=plan.mixup_alpha, rng=jax.random.key(seed))
+  train_step = jax.jit(step_fn, in_shardings=(replicated, sharded),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  state = jax.device_put(train_step_lib.create_train_state(params, optimizer), replicated)
+  batches = input_pipeline.train_iterator(
+      train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
+      seed=seed, shuffle_buffer=config.shuffle_buffer)
+  total = plan.schedule[-1]
+  for step in range(1, total + 1):
+    state, step_metrics = train_step(state, next(batches))
+    if step % config.log_every_steps == 0 or step == total:
+      loss = float(step_metrics["loss"])
+      logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total, loss,
+                   float(step_metrics["learning_rate"]))
+      if not math.isfinite(loss):
+        raise UserError(f"fine-tuning diverged (loss {loss} at step {step}); "
+                        "lower --config.base_lr")
+  return evaluate(model, state.params, test_source, test_split, num_classes, plan,
+                  config=config, mesh=mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "crop"))
+def init_params(model: models.ResNetV2, rng: jax.Array, crop: int) -> Any:
+  """Random parameters, in one compiled call (eager init dispatches op by op)."""
+  return model.init(rng, jnp.zeros((1, crop, crop, 3)))["params"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "output"))
+def _forward(model: models.ResNetV2, params: Any, images: jax.Array, output: str):
+  logits, out = model.apply({"params": params}, images)
+  return logits if output == "logits" else out[output]
+
+
+def predict(model: models.ResNetV2, params: Any, source, split: str, pp: str, *,
+            batch_size: int, mesh: jax.sharding.Mesh, output: str = "logits"
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(`output` per example, one-hot labels) for every example of `split`, in order."""
+  replicated = NamedSharding(mesh, P())
+  apply = functools.partial(_forward, model, output=output)
+  params = jax.device_put(params, replicated)
+  outputs, labels = [], []
+  # process_allgather: every host gets the whole batch, also when it spans several hosts.
+  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  for batch in input_pipeline.eval_iterator(source, split, pp, batch_size, mesh):
+    mask = gather(batch["_mask"]).astype(bool)
+    outputs.append(gather(apply(params, batch["image"]))[mask])
+    labels.append(gather(batch["label"])[mask])
+  return np.concatenate(outputs), np.concatenate(labels)
+
+
+def evaluate(model, params, source, split, num_classes, plan, *, config, mesh):
+  logits, onehot = predict(model, params, source, split, plan.pp_eval(num_classes),
+                           batch_size=config.eval_batch_size, mesh=mesh)
+  labels = onehot.argmax(-1)
+  probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+  return {"top1": float(np.mean(logits.argmax(-1) == labels)),
+          "ece": calibration.expected_calibration_error(probs, labels),
+          "num_test_examples": int(len(labels))}

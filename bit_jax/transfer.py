@@ -1,0 +1,196 @@
+"""Transfer: `finetune_and_evaluate(config, workdir)`.
+
+For each number of shots (all data, or k per class) and seed: BiT-HyperRule fine-tuning from
+the pretrained checkpoint (and, optionally, the same run from scratch as the baseline). Then,
+optionally, the frozen-feature evaluations of `bit_jax.linear_eval`. Every result has test
+top-1 on the full test split and ECE; all go to `<workdir>/results.json`, TensorBoard, and a
+table printed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+import input_pipeline
+from input_pipeline import derived
+from bit_jax import export, fewshot, finetune, linear_eval, models, pretrained
+from bit_jax.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RESULTS_NAME = "results.json"
+
+
+def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs every evaluation `config` asks for; returns what results.json holds."""
+  methods = _linear_methods(config.linear_eval)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  source = input_pipeline.get_source(config.dataset, config.data_dir)
+  num_classes = config.num_classes or source.num_classes
+  if not num_classes:
+    raise UserError(f"{config.dataset} does not say how many classes it has; "
+                    "set --config.num_classes")
+  model = models.get_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype])
+  pretrained_params = _load_init(config.init, model)
+  train_labels = derived.read_labels(source, config.train_split)
+  num_train = config.num_train_examples or len(train_labels)
+  image_hw = tuple(config.image_size) or _image_hw(source)
+
+  runs = []
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  inits = [("pretrained", pretrained_params)] if pretrained_params is not None else []
+  if config.from_scratch_baseline or pretrained_params is None:
+    inits.append(("scratch", None))
+
+  for shots in (config.shots if config.finetune else ()):
+    for seed in config.seeds:
+      train_source, size = source, num_train
+      if shots:
+        chosen = fewshot.select_few_shot(train_labels, shots, seed)
+        train_source, size = derived.Subset(source, config.train_split, chosen), len(chosen)
+      plan = finetune.make_plan(config, size, image_hw)
+      for init_name, params in inits:
+        if params is None:
+          params = finetune.init_params(model, jax.random.key(seed), plan.crop)
+        logging.info("Fine-tuning from %s: %s shots, seed %d, %s", init_name, shots or "all",
+                     seed, plan)
+        result = finetune.finetune(model, params, train_source, config.train_split, source,
+                                   config.test_split, num_classes, plan, seed=seed,
+                                   config=config, mesh=mesh)
+        runs.append({"evaluation": "finetune", "init": init_name, "shots": shots or "all",
+                     "seed": seed, **result, "schedule": list(plan.schedule),
+                     "resolution": [plan.resize, plan.crop], "mixup_alpha": plan.mixup_alpha})
+        _write_results(workdir, config, runs)
+
+  if methods:
+    plan = finetune.make_plan(config, num_train, image_hw)
+    for init_name, params in inits:
+      if params is None:
+        params = finetune.init_params(model, jax.random.key(0), plan.crop)
+      runs += _frozen_feature_runs(config, methods, model, params, source, num_classes,
+                                   plan, mesh, init_name)
+      _write_results(workdir, config, runs)
+
+  summary = summarize(runs)
+  for i, row in enumerate(summary):
+    writer.write_scalars(i, {f"{row['evaluation']}/{row['init']}/{row['shots']}shot/{k}":
+                             row[k] for k in ("top1_mean", "ece_mean")})
+  writer.flush()
+  results = _write_results(workdir, config, runs)
+  print(format_table(summary))
+  return results
+
+
+def _linear_methods(names) -> tuple[str, ...]:
+  """`("ridge", "ncm")` or `("ridge,ncm",)` (as a command line gives it) -> checked names."""
+  methods = tuple(m.strip() for item in names for m in item.split(",") if m.strip())
+  unknown = [m for m in methods if m not in linear_eval.METHODS]
+  if unknown:
+    raise UserError(f"unknown linear_eval method {unknown[0]!r}; valid: "
+                    f"{', '.join(linear_eval.METHODS)}")
+  return methods
+
+
+def _frozen_feature_runs(config, methods, model, params, source, num_classes, plan, mesh,
+                         init_name):
+  pp = plan.pp_eval(num_classes)
+  features = lambda split: finetune.predict(model, params, source, split, pp,
+                                            batch_size=config.eval_batch_size, mesh=mesh,
+                                            output="pre_logits")
+  train_x, train_y = features(config.train_split)
+  test_x, test_y = features(config.test_split)
+  train_y, test_y = train_y.argmax(-1), test_y.argmax(-1)
+  runs = []
+  few = [m for m in methods if m in ("ridge", "ncm")]
+  if few:
+    runs += linear_eval.few_shot(train_x, train_y, test_x, test_y, num_classes,
+                                 shots=config.linear_shots, seeds=config.seeds, methods=few)
+  if "logistic" in methods:
+    if config.val_split:
+      val_x, val_y = features(config.val_split)
+      val_y = val_y.argmax(-1)
+      fit_x, fit_y = train_x, train_y
+    else:
+      fit, val = linear_eval.split_validation(train_y, config.val_fraction, config.seeds[0])
+      fit_x, fit_y, val_x, val_y = train_x[fit], train_y[fit], train_x[val], train_y[val]
+    result = linear_eval.logistic(fit_x, fit_y, val_x, val_y, test_x, test_y, num_classes)
+    runs.append({**result, "shots": "all", "seed": config.seeds[0]})
+  return [{"evaluation": r.pop("method"), "init": init_name, **r} for r in runs]
+
+
+def _load_init(init: str, model: models.ResNetV2):
+  """Pretrained params fitted to `model` (head zeroed), or None for from-scratch runs.
+
+  `init` is an official .npz, or the workdir of a `train.py` run (its exported params.npz,
+  else its latest checkpoint).
+  """
+  if not init:
+    return None
+  if os.path.isdir(init):
+    exported = os.path.join(init, "params.npz")
+    if os.path.isfile(exported):
+      init = exported
+    else:
+      params, step = export.checkpoint_params(init)
+      params, report = pretrained.fit(params, model, reset_head=True,
+                                      source=f"{init} (step {step})")
+      logging.info("Initialised from %s step %d: %s", init, step, report)
+      return params
+  params, report = pretrained.load(init, model, reset_head=True)
+  logging.info("Initialised from %s: %s", init, report)
+  return params
+
+
+def _image_hw(source) -> tuple[int, int] | None:
+  """(height, width) from TFDS metadata when every image has the same size."""
+  builder = getattr(source, "builder", None)
+  try:
+    shape = builder.info.features["image"].shape
+  except (AttributeError, KeyError, TypeError):
+    return None
+  return tuple(shape[:2]) if None not in shape[:2] else None
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+  """Mean and spread (std over seeds) per (evaluation, init, shots)."""
+  groups: dict[tuple, list[dict]] = {}
+  for run in runs:
+    groups.setdefault((run["evaluation"], run["init"], str(run["shots"])), []).append(run)
+  return [{"evaluation": e, "init": i, "shots": s, "num_seeds": len(rs),
+           "top1_mean": float(np.mean([r["top1"] for r in rs])),
+           "top1_std": float(np.std([r["top1"] for r in rs])),
+           "ece_mean": float(np.mean([r["ece"] for r in rs]))}
+          for (e, i, s), rs in groups.items()]
+
+
+def format_table(summary: list[dict]) -> str:
+  header = f"{'evaluation':<10} {'init':<10} {'shots':>5} {'seeds':>5}  {'top-1 %':>14}  ECE"
+  lines = [header, "-" * len(header)]
+  for row in summary:
+    top1 = f"{100 * row['top1_mean']:.1f} ± {100 * row['top1_std']:.1f}"
+    lines.append(f"{row['evaluation']:<10} {row['init']:<10} {row['shots']:>5} "
+                 f"{row['num_seeds']:>5}  {top1:>14}  {row['ece_mean']:.3f}")
+  return "\n".join(lines)
+
+
+def _write_results(workdir: str, config, runs: list[dict]) -> dict[str, Any]:
+  """results.json, replaced atomically so an interrupted write never corrupts it."""
+  results = {"config": json.loads(config.to_json_best_effort()), "runs": runs,
+             "summary": summarize(runs)}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, RESULTS_NAME))
+  return results

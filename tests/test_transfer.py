@@ -1,0 +1,111 @@
+"""Transfer end to end: mock data, the embedded demo, results and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bit_jax import models, npz, transfer
+from bit_jax.errors import UserError
+from configs import transfer as transfer_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(**overrides):
+  config = transfer_config.get_config("model=tiny-R14,dataset=cifar10")
+  config.update(dict(resolution=(36, 32), batch_size=16, eval_batch_size=16, total_steps=4,
+                     log_every_steps=2, shuffle_buffer=64, **overrides))
+  return config
+
+
+def test_end_to_end_on_mock_data(tmp_path):
+  config = _tiny(shots=(0, 1), seeds=(3,), linear_eval=("ridge,ncm", "logistic"),
+                 linear_shots=(1,))
+  with tfds.testing.mock_data(num_examples=60):
+    results = transfer.finetune_and_evaluate(config, str(tmp_path))
+  runs = results["runs"]
+  finetunes = [r for r in runs if r["evaluation"] == "finetune"]
+  assert [(r["shots"], r["seed"], r["init"]) for r in finetunes] == [
+      ("all", 3, "scratch"), (1, 3, "scratch")]
+  for run in runs:  # The whole mock test split, every time.
+    assert run["num_test_examples"] == 60 and 0 <= run["top1"] <= 1 and 0 <= run["ece"] <= 1
+  assert {r["evaluation"] for r in runs} == {"finetune", "ridge", "ncm", "logistic"}
+  assert finetunes[0]["schedule"] == [1, 2, 2, 3, 4] and finetunes[0]["resolution"] == [36, 32]
+  with open(tmp_path / transfer.RESULTS_NAME) as f:
+    assert json.load(f)["summary"] == results["summary"]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_summary_gives_mean_and_spread_over_seeds():
+  runs = [{"evaluation": "finetune", "init": "pretrained", "shots": 5, "seed": s, "top1": t,
+           "ece": 0.1} for s, t in ((0, 0.5), (1, 0.7))]
+  [row] = transfer.summarize(runs)
+  assert row["top1_mean"] == pytest.approx(0.6) and row["top1_std"] == pytest.approx(0.1)
+  assert row["num_seeds"] == 2
+  assert "60.0 ± 10.0" in transfer.format_table([row])
+
+
+def test_unknown_linear_method_is_refused(tmp_path):
+  with pytest.raises(UserError, match="unknown linear_eval method 'svm'; valid: ridge, ncm"):
+    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", linear_eval=("ridge,svm",)),
+                                   str(tmp_path))
+
+
+def test_a_checkpoint_for_another_architecture_is_refused(tmp_path):
+  other = models.get_model("tiny-R26", num_classes=10)
+  npz.save(other.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"],
+           tmp_path / "r26.npz")
+  with pytest.raises(UserError, match="does not fit the model tiny-R14.*looks like tiny-R26"):
+    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", init=str(tmp_path / "r26.npz")),
+                                   str(tmp_path))
+
+
+def test_more_shots_than_the_smallest_class_is_refused(tmp_path):
+  config = _tiny(dataset="bit_digits", shots=(500,))
+  with pytest.raises(UserError, match=r"Class \d has only \d+ examples, fewer than shots=500"):
+    transfer.finetune_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / transfer.RESULTS_NAME)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model=R50"], "error: unknown model 'R50'; valid models: BiT-S-R50x1"),
+    (["--config.dataset=not_a_dataset"], "error: "),
+    (["--config.resolution=20,16"], "error: resolution (resize 20, crop 16) is too small"),
+])
+def test_bad_input_ends_with_one_line_and_a_nonzero_exit(tmp_path, args, message):
+  done = subprocess.run(
+      [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
+       f"--workdir={tmp_path}", "--config.init=", *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith(message), last
+  if "dataset" in args[0]:
+    assert "not_a_dataset" in last
+
+
+def test_demo_transfer_from_the_demo_pretraining_prints_its_table(demo_run, tmp_path):
+  """The offline BiT story: the demo's checkpoint, fine-tuned on unseen classes."""
+  pretrain_dir, pretraining = demo_run
+  assert pretraining.returncode == 0, pretraining.stderr[-2000:]
+  done = subprocess.run(
+      [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
+       f"--workdir={tmp_path}", f"--config.init={pretrain_dir}", "--config.seeds=0",
+       "--config.linear_eval=()"],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  table = done.stdout.strip().splitlines()
+  assert table[0].split() == ["evaluation", "init", "shots", "seeds", "top-1", "%", "ECE"]
+  rows = {tuple(line.split()[:3]) for line in table[2:]}
+  assert rows == {("finetune", init, shots) for init in ("pretrained", "scratch")
+                  for shots in ("5", "10")}
+  with open(tmp_path / transfer.RESULTS_NAME) as f:
+    runs = json.load(f)["runs"]
+  assert all(r["num_test_examples"] == 500 for r in runs)  # bit_farm_animals' whole test.
+  assert {r["resolution"][1] for r in runs} == {32}

@@ -5,7 +5,9 @@
 
 The user prepares ImageNet-21k as a TFDS dataset (name and data_dir are settings). Images
 carry several labels: multi-label sigmoid cross-entropy, no class rebalancing; the held-out
-metric is precision@1 (reported as eval/top1). Produces the BiT-M checkpoints.
+metric is precision@1 (reported as eval/top1). `onehot` turns a list of labels into a
+multi-hot row; if the dataset calls them `labels`, add `|rename('labels', 'label')` before it
+(`--config.pp_train=...`). Produces the BiT-M checkpoints.
 """
 
 from configs import common

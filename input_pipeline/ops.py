@@ -355,7 +355,8 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
                on: float = 1.0, off: float = 0.0):
   """Integer label -> float32 one-hot of length `depth` (in place by default).
 
-  A label outside [0, depth) fails the stream instead of silently becoming an
+  A 1-D list of labels (multi-label data such as ImageNet-21k) gives a multi-hot
+  vector: 1 at each of its labels. A label outside [0, depth) fails the stream instead of silently becoming an
   all-`off` vector (a wrong class count is a common config mistake).
   """
   if not isinstance(depth, int) or depth < 1:
@@ -370,6 +371,8 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
     with tf.control_dependencies([check]):
       onehot = tf.one_hot(label, depth, on_value=on, off_value=off,
                           dtype=tf.float32)
+    if onehot.shape.rank == 2:  # Several labels: one row each, merged.
+      onehot = tf.reduce_max(onehot, axis=0)
     return {**data, key_result or key: onehot}
   return _onehot
 

@@ -97,7 +97,7 @@ def test_demo_transfer_from_the_demo_pretraining_prints_its_table(demo_run, tmp_
   done = subprocess.run(
       [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
        f"--workdir={tmp_path}", f"--config.init={pretrain_dir}", "--config.seeds=0",
-       "--config.linear_eval=()"],
+       "--config.linear_eval=()", "--config.total_steps=20"],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   table = done.stdout.strip().splitlines()

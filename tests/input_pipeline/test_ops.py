@@ -197,6 +197,11 @@ def test_onehot_options_and_out_of_range_labels_fail():
     ops.get_preprocess_fn("onehot(3)")({"label": tf.constant(3, tf.int64)})
 
 
+def test_onehot_of_a_label_list_is_multi_hot():
+  out = run_both("onehot(5)", {"label": tf.constant([4, 1, 4], tf.int64)})
+  np.testing.assert_array_equal(out["label"], [0, 1, 0, 0, 1])
+
+
 def test_keep_retains_internal_keys():
   out = ops.get_preprocess_fn("keep('image')")(_example(extra=tf.constant(1)))
   assert set(out) == {"image", "_rng"}

@@ -1,0 +1,63 @@
+"""The benchmark scripts run end to end on a tiny model and print their fields (not timed)."""
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      f"benchmarks_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _printed_fields(text):
+  return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+
+def test_throughput_prints_speed_flops_utilisation_and_memory(capsys):
+  throughput = _load("throughput")
+  results = throughput.main(["--model=tiny-R14", "--resolution=32", "--batch=1",
+                             "--iters=1", "--warmup=1", "--timm=off"])
+  fields = _printed_fields(capsys.readouterr().out)
+  for key in ("train_ours_images_per_s_per_device", "infer_ours_images_per_s_per_device",
+              "train_gflops_per_image", "train_utilisation", "train_memory_peak_gib",
+              "infer_memory_temp_gib", "peak_tflops_per_device", "device"):
+    assert key in fields, key
+  assert results["train_ours_images_per_s_per_device"] > 0
+  # Training costs about 3 forward passes, plus the per-step work on the parameters (weight
+  # standardization and the update), which is large for a tiny model at 1 image per device.
+  ratio = results["train_gflops_per_image"] / results["infer_gflops_per_image"]
+  assert 2.5 < ratio < 5
+  assert 0 < results["train_utilisation"]
+  assert results["peak_source"] == "measured 2048^3 matmul"
+  # Donated state: the outputs alias the arguments.
+  assert results["train_memory_alias_gib"] > 0
+  assert results["timm_model"] is None and "train_ratio_ours_over_timm" not in results
+
+
+def test_memory_prints_the_analysis_of_each_setting(capsys):
+  memory = _load("memory")
+  rows = memory.main(["--model=tiny-R14", "--resolution=32", "--batch=4",
+                      "--settings=float32:1:0,bfloat16:2:1"])
+  out = capsys.readouterr().out
+  assert "| float32 | 1 (4) | no |" in out and "| bfloat16 | 2 (2) | yes |" in out
+  assert [(r["dtype"], r["accum_steps"], r["remat"]) for r in rows] == [
+      ("float32", 1, False), ("bfloat16", 2, True)]
+  for r in rows:
+    assert r["peak"] == r["argument"] + r["output"] - r["alias"] + r["temp"]
+    assert r["temp"] > 0 and r["fits"]
+  # bf16 + remat + half the micro-batch keeps far fewer bytes for the backward pass.
+  assert 0 < rows[1]["residuals"] < rows[0]["residuals"] / 4
+  # The arguments hold the float32 parameters and their momentum, whatever the compute dtype.
+  assert rows[0]["argument"] > 2 * rows[0]["params"]
+
+
+def test_memory_rejects_a_batch_that_does_not_split():
+  memory = _load("memory")
+  with pytest.raises(ValueError, match="not divisible"):
+    memory.main(["--model=tiny-R14", "--resolution=32", "--batch=6", "--settings=float32:4:0"])

@@ -15,7 +15,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -23,10 +22,9 @@ from clu import metric_writers
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import export, fewshot, finetune, linear_eval, models, pretrained
+from bit_jax import export, fewshot, finetune, linear_eval, models, pretrained, train
 from bit_jax.errors import UserError
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESULTS_NAME = "results.json"
 
 
@@ -39,7 +37,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   if not num_classes:
     raise UserError(f"{config.dataset} does not say how many classes it has; "
                     "set --config.num_classes")
-  model = models.get_model(config.model, num_classes=num_classes, dtype=DTYPES[config.dtype])
+  model = models.get_model(config.model, num_classes=num_classes,
+                           dtype=train.DTYPES[config.dtype])
   pretrained_params = _load_init(config.init, model)
   train_labels = derived.read_labels(source, config.train_split)
   num_train = config.num_train_examples or len(train_labels)

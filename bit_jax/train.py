@@ -114,9 +114,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step += 1
     progress(step)
     is_last = step == total_steps
-    if step % config.log_every_steps == 0 or is_last:
-      scalars = {f"train/{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
-      _check_finite(step_metrics, step, checkpointer)
+    log = step % config.log_every_steps == 0 or is_last
+    stop = bool(preempted)  # Read once: a SIGTERM between save and exit still saves first.
+    save = step % config.checkpoint_every_steps == 0 or is_last or stop
+    if log or save:
+      # One host transfer per such step; a diverged state is never logged on or saved.
+      host_metrics = jax.device_get(step_metrics)
+      _check_finite(host_metrics, step, checkpointer)
+    if log:
+      scalars = {f"train/{k}": float(v) for k, v in host_metrics.items()}
       elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
       scalars["train/images_per_sec_per_device"] = (
           steps_done * config.batch_size / elapsed / jax.device_count())
@@ -124,11 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write_scalars(step, scalars)
     if step % config.eval_every_steps == 0 or is_last:
       results = evaluate(step)
-    if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-      # Never save a diverged state over a good one.
-      _check_finite(step_metrics, step, checkpointer)
+    if save:
       checkpointer.save(step, state)
-    if preempted and not is_last:
+    if stop and not is_last:
       logging.warning("SIGTERM received: saved step %d, exiting to be resumed.", step)
       break
   preempted.restore()
@@ -149,7 +153,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         f"x accum_steps {config.accum_steps}")
 
 
-def _check_finite(step_metrics: dict[str, jax.Array], step: int,
+def _check_finite(step_metrics: dict[str, np.ndarray], step: int,
                   checkpointer: checkpointing.Checkpointer) -> None:
   """Stops on a NaN/Inf loss, or on parameters an exploding update made non-finite."""
   loss, param_norm = (float(step_metrics[k]) for k in ("loss", "param_norm"))

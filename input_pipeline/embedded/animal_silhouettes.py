@@ -1,6 +1,13 @@
-"""`bit_animal_silhouettes`: 10,000 28x28 animal silhouettes (animal-mnist 0.4).
+"""`bit_animal_silhouettes`: 10,000 28x28 animal silhouettes (animal-mnist 0.4), and the
+demo's upstream and downstream datasets cut from it.
 
-The upstream ("pretraining") dataset of the offline demo.
+    bit_animals_upstream   10 classes, train 7,500 / test 1,000   the demo pretrains here
+    bit_farm_animals        5 classes, train 1,500 / test   500   ... and transfers here
+    bit_wild_animals        5 classes, train 4,500 / test   500   classes disjoint from farm
+
+No image is in both `bit_animals_upstream`'s train and `bit_farm_animals`: as ImageNet-21k
+holds most of BiT's downstream classes, the upstream knows the farm animals as classes, but
+the transfer trains and tests only on images pretraining never saw.
 """
 import gzip
 import importlib.util
@@ -8,6 +15,7 @@ import os
 import pickle
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from input_pipeline.embedded.base import EmbeddedBuilder
 from input_pipeline.errors import InputError
@@ -81,28 +89,61 @@ def _load_array(path: str) -> np.ndarray:
   return array
 
 
+# The downstream's training pool: this many images of each farm class, held out of
+# `bit_animals_upstream` so the demo's transfer never trains or tests on an image that
+# pretraining saw. Fixed forever (a permutation seeded 1): changing it changes datasets.
+FARM_ANIMALS = ("cat", "cow", "dog", "horse", "sheep")
+FARM_TRAIN_PER_CLASS = 300
+
+
+def farm_train_pool(labels: np.ndarray, test: np.ndarray) -> np.ndarray:
+  """Package indices of the farm animals' downstream training pool (1,500 images)."""
+  rng = np.random.default_rng(1)
+  picks = []
+  for name in FARM_ANIMALS:
+    candidates = np.setdiff1d(
+        np.flatnonzero(labels == BitAnimalSilhouettes.CLASS_NAMES.index(name)), test)
+    picks.append(rng.permutation(candidates)[:FARM_TRAIN_PER_CLASS])
+  return np.sort(np.concatenate(picks))
+
+
+class BitAnimalsUpstream(BitAnimalSilhouettes):
+  """The demo's upstream: all ten animals, less the farm animals' downstream pool."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  DESCRIPTION = ("The ten animal-mnist 0.4 silhouette classes with their labels, less the "
+                 "1,500 farm-animal images `bit_farm_animals` trains on: train 7,500; test = "
+                 "the 1,000 of bit_animal_silhouettes (used only to evaluate).")
+
+  def split_indices(self, labels):
+    splits = super().split_indices(labels)
+    pool = farm_train_pool(labels, splits["test"])
+    return {"train": np.setdiff1d(splits["train"], pool), "test": splits["test"]}
+
+
 class _AnimalSubset(BitAnimalSilhouettes, skip_registration=True):
-  """Some of the ten classes, relabelled 0..k-1: disjoint upstream and downstream tasks."""
+  """Some of the ten classes, relabelled 0..k-1; `index` stays the package index."""
 
-  TEST_PER_CLASS = 100  # train 4,500 / test 500.
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "2.0.0": "Example keys are package indices; bit_farm_animals' train is "
+                            "the 1,500-image pool held out of bit_animals_upstream."}
 
-  def load_arrays(self):
-    images, labels = super().load_arrays()
-    kept = [BitAnimalSilhouettes.CLASS_NAMES.index(n) for n in self.CLASS_NAMES]
-    mask = np.isin(labels, kept)
-    relabel = np.full(len(BitAnimalSilhouettes.CLASS_NAMES), -1)
-    relabel[kept] = np.arange(len(kept))
-    self._package_index = np.flatnonzero(mask)
-    return images[mask], relabel[labels[mask]]
+  def split_indices(self, labels):
+    kept = np.isin(labels, [BitAnimalSilhouettes.CLASS_NAMES.index(n)
+                            for n in self.CLASS_NAMES])
+    return {split: indices[kept[indices]]
+            for split, indices in super().split_indices(labels).items()}
 
   def _generate_examples(self, images, labels, indices):
-    # `index` stays the position in the package, as in bit_animal_silhouettes.
+    relabel = {BitAnimalSilhouettes.CLASS_NAMES.index(n): i
+               for i, n in enumerate(self.CLASS_NAMES)}
     for key, example in super()._generate_examples(images, labels, indices):
-      yield key, {**example, "index": int(self._package_index[key])}
+      yield key, {**example, "label": relabel[example["label"]]}
 
 
 class BitWildAnimals(_AnimalSubset):
-  """The demo's upstream: five wild animals of animal-mnist, 900 train / 100 test each."""
+  """Five wild animals, 900 train / 100 test each: classes disjoint from the farm's."""
 
   CLASS_NAMES = ("bear", "bird", "elephant", "giraffe", "zebra")
   DESCRIPTION = ("The bear, bird, elephant, giraffe and zebra silhouettes of animal-mnist "
@@ -111,9 +152,15 @@ class BitWildAnimals(_AnimalSubset):
 
 
 class BitFarmAnimals(_AnimalSubset):
-  """The demo's downstream: the other five classes, unseen upstream."""
+  """The demo's downstream: 300 train / 100 test of each farm animal, unseen upstream."""
 
-  CLASS_NAMES = ("cat", "cow", "dog", "horse", "sheep")
+  CLASS_NAMES = FARM_ANIMALS
   DESCRIPTION = ("The cat, cow, dog, horse and sheep silhouettes of animal-mnist 0.4 "
                  "(labels 0-4 in this order); test = 100 per class as in "
-                 "bit_animal_silhouettes, train = the other 4,500.")
+                 "bit_animal_silhouettes, train = 300 per class that bit_animals_upstream "
+                 "leaves out (1,500).")
+
+  def split_indices(self, labels):
+    full = BitAnimalSilhouettes.split_indices(self, labels)
+    pool = farm_train_pool(labels, full["test"])
+    return {"train": pool, "test": super().split_indices(labels)["test"]}

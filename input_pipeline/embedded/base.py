@@ -47,12 +47,13 @@ class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     images, labels = self.load_arrays()
+    return {split: self._generate_examples(images, labels, indices)
+            for split, indices in self.split_indices(labels).items()}
+
+  def split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """{split: indices into the package's arrays}; test is fixed per class."""
     test = fixed_test_indices(labels, self.TEST_PER_CLASS)
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    return {
-        "train": self._generate_examples(images, labels, train),
-        "test": self._generate_examples(images, labels, test),
-    }
+    return {"train": np.setdiff1d(np.arange(len(labels)), test), "test": test}
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:

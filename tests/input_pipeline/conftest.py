@@ -12,8 +12,8 @@ import input_pipeline as ip
 def tfds_dir(tmp_path_factory):
   """A TFDS data_dir holding every embedded dataset, prepared once."""
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  for name in ("bit_digits", "bit_animal_silhouettes", "bit_wild_animals",
-               "bit_farm_animals"):
+  for name in ("bit_digits", "bit_animal_silhouettes", "bit_animals_upstream",
+               "bit_wild_animals", "bit_farm_animals"):
     ip.get_source(name, data_dir)
   return data_dir
 

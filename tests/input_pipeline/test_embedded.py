@@ -16,6 +16,7 @@ from input_pipeline.embedded.digits import BitDigits
 from input_pipeline.errors import InputError
 
 SIZES = {"bit_animal_silhouettes": (9000, 1000, 10, (28, 28, 1)),
+         "bit_animals_upstream": (7500, 1000, 10, (28, 28, 1)),
          "bit_digits": (1297, 500, 10, (8, 8, 1))}
 
 
@@ -40,7 +41,8 @@ def test_split_sizes_and_metadata(name, tfds_dir):
       round(train * 0.2) - round(train * 0.1) + test)
 
 
-@pytest.mark.parametrize("name", sorted(SIZES))
+# bit_animals_upstream leaves the farm pool out; its own test checks what it covers.
+@pytest.mark.parametrize("name", ["bit_animal_silhouettes", "bit_digits"])
 def test_splits_are_disjoint_cover_the_package_and_test_is_balanced(
     name, tfds_dir):
   train, test, classes, _ = SIZES[name]
@@ -132,14 +134,15 @@ def test_package_arrays_load_without_running_pickled_code(tmp_path):
 
 
 def test_wild_and_farm_animals_split_the_ten_classes(tfds_dir):
-  """Disjoint classes (upstream vs downstream), relabelled 0-4, images unchanged."""
+  """Disjoint classes, relabelled 0-4, images unchanged; farm trains on its pool only."""
   full = {ex["index"]: ex for ex in _load("bit_animal_silhouettes", "train+test", tfds_dir)}
   names = animal_silhouettes.BitAnimalSilhouettes.CLASS_NAMES
   seen = set()
-  for name, builder in (("bit_wild_animals", animal_silhouettes.BitWildAnimals),
-                        ("bit_farm_animals", animal_silhouettes.BitFarmAnimals)):
+  for name, builder, num_train in (
+      ("bit_wild_animals", animal_silhouettes.BitWildAnimals, 4500),
+      ("bit_farm_animals", animal_silhouettes.BitFarmAnimals, 1500)):
     info = tfds.builder(name, data_dir=tfds_dir).info
-    assert info.splits["train"].num_examples == 4500
+    assert info.splits["train"].num_examples == num_train
     assert info.splits["test"].num_examples == 500
     assert info.features["label"].names == list(builder.CLASS_NAMES)
     examples = _load(name, "train+test", tfds_dir)
@@ -148,6 +151,22 @@ def test_wild_and_farm_animals_split_the_ten_classes(tfds_dir):
       np.testing.assert_array_equal(ex["image"], original["image"])
       assert builder.CLASS_NAMES[ex["label"]] == names[original["label"]]
     indices = {ex["index"] for ex in examples}
-    assert len(indices) == 5000 and not indices & seen
+    assert len(indices) == num_train + 500 and not indices & seen
     seen |= indices
-  assert seen == set(full)
+  test = {ex["index"] for ex in _load("bit_animal_silhouettes", "test", tfds_dir)}
+  assert {i for i in seen if i in test} == test  # Both keep the ten-class test split.
+  assert np.bincount([full[i]["label"] for i in seen - test], minlength=10).tolist() == [
+      300 if n in animal_silhouettes.FARM_ANIMALS else 900 for n in names]
+
+
+def test_upstream_never_holds_an_image_the_farm_transfer_uses(tfds_dir):
+  """The demo pretrains on bit_animals_upstream and transfers to bit_farm_animals."""
+  upstream_train = _load("bit_animals_upstream", "train", tfds_dir)
+  farm = {ex["index"] for ex in _load("bit_farm_animals", "train+test", tfds_dir)}
+  upstream = {ex["index"] for ex in upstream_train}
+  assert len(upstream) == 7500 and not upstream & farm
+  full = {ex["index"]: ex for ex in _load("bit_animal_silhouettes", "train", tfds_dir)}
+  assert upstream | (farm & set(full)) == set(full)  # Nothing else is left out.
+  for ex in upstream_train[::101]:  # Labels as in bit_animal_silhouettes.
+    assert ex["label"] == full[ex["index"]]["label"]
+    np.testing.assert_array_equal(ex["image"], full[ex["index"]]["image"])

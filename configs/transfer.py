@@ -6,9 +6,16 @@
 fine-tunes with the HyperRule (CIFAR-10: 10k steps at 128 px, MixUp 0.1) and prints test
 top-1 and ECE; BiT-M-R50x1 reaches about 97% on CIFAR-10 (BiT paper, Table 1 reports 98.9%
 for BiT-M-R152x4). Few-shot: `--config.shots=1,5,10,25 --config.seeds=0,1,2`. Frozen
-features: `--config.linear_eval=ridge,ncm,logistic`. `:demo=True` is the offline transfer of
-the demo's pretraining (configs/demo.py, wild animals) to five farm animals it never saw,
-5 and 10 examples per class, against the same fine-tuning from scratch.
+features: `--config.linear_eval=ridge,ncm,logistic`.
+
+`:demo=True` is the offline transfer of the demo's pretraining (configs/demo.py) to five farm
+animals, 5 and 10 images per class that pretraining never saw, against the same fine-tuning
+from scratch (HyperRule lr 0.003, 100 steps of 64, 2 seeds; ~3 min on 2 cores):
+
+    python transfer.py --config=configs/transfer.py:demo=True --workdir=workdir/transfer
+
+prints top-1 near 79% (5 shots) and 80% (10) from the demo's checkpoint against about 51%
+and 55% from scratch (chance 20%).
 """
 
 import ml_collections

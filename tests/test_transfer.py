@@ -90,22 +90,28 @@ def test_bad_input_ends_with_one_line_and_a_nonzero_exit(tmp_path, args, message
     assert "not_a_dataset" in last
 
 
-def test_demo_transfer_from_the_demo_pretraining_prints_its_table(demo_run, tmp_path):
-  """The offline BiT story: the demo's checkpoint, fine-tuned on unseen classes."""
+def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_path):
+  """The offline BiT story: the demo's checkpoint, fine-tuned on images it never saw.
+
+  The demo config itself (HyperRule lr, 100 steps) on one seed, from the shortened demo
+  pretraining: pretrained beats from-scratch at 5 and 10 shots in the printed table.
+  """
   pretrain_dir, pretraining = demo_run
   assert pretraining.returncode == 0, pretraining.stderr[-2000:]
   done = subprocess.run(
       [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
-       f"--workdir={tmp_path}", f"--config.init={pretrain_dir}", "--config.seeds=0",
-       "--config.linear_eval=()", "--config.total_steps=20"],
+       f"--workdir={tmp_path}", f"--config.init={pretrain_dir}", "--config.seeds=0"],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   table = done.stdout.strip().splitlines()
   assert table[0].split() == ["evaluation", "init", "shots", "seeds", "top-1", "%", "ECE"]
-  rows = {tuple(line.split()[:3]) for line in table[2:]}
-  assert rows == {("finetune", init, shots) for init in ("pretrained", "scratch")
-                  for shots in ("5", "10")}
+  top1 = {tuple(line.split()[:3]): float(line.split()[4]) for line in table[2:]}
+  assert set(top1) == {(evaluation, init, shots) for evaluation in ("finetune", "ridge")
+                       for init in ("pretrained", "scratch") for shots in ("5", "10")}
+  for evaluation in ("finetune", "ridge"):
+    for shots in ("5", "10"):
+      assert top1[evaluation, "pretrained", shots] > top1[evaluation, "scratch", shots] + 10
   with open(tmp_path / transfer.RESULTS_NAME) as f:
     runs = json.load(f)["runs"]
   assert all(r["num_test_examples"] == 500 for r in runs)  # bit_farm_animals' whole test.
-  assert {r["resolution"][1] for r in runs} == {32}
+  assert {r["resolution"][1] for r in runs if "resolution" in r} == {32}

@@ -70,20 +70,30 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
 
 def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str,
              test_source, test_split: str, num_classes: int, plan: Plan, *, seed: int,
-             config: Any, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+             config: Any, mesh: jax.sharding.Mesh, cache_train: bool = False
+             ) -> dict[str, Any]:
   """Fine-tunes `params` by `plan`; returns test top-1, ECE and the example count."""
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  schedule = hyperrule.staircase_schedule(plan.schedule, plan.base_lr)
-  optimizer = optax.chain(optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
-  step_fn = train_step_lib.make_train_step(
-      model, optimizer, losses.softmax_xent, schedule, accum_steps=config.accum_steps,
-      mixup_alpha=plan.mixup_alpha, rng=jax.random.key(seed))
-  train_step = jax.jit(step_fn, in_shardings=(replicated, sharded),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  state = jax.device_put(train_step_lib.create_train_state(params, optimizer), replicated)
+  params = train(model, params, train_source, train_split, num_classes, plan, seed=seed,
+                 config=config, mesh=mesh, cache_train=cache_train)
+  return evaluate(model, params, test_source, test_split, num_classes, plan,
+                  config=config, mesh=mesh)
+
+
+def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
+          num_classes: int, plan: Plan, *, seed: int, config: Any, mesh: jax.sharding.Mesh,
+          cache_train: bool = False) -> Any:
+  """The fine-tuned parameters: `plan.schedule[-1]` SGD steps from `params`.
+
+  `cache_train` keeps the training examples in memory after the first epoch: a few-shot
+  subset is otherwise found again by reading its whole split every epoch.
+  """
+  train_step, optimizer = _train_step(model, plan, config.accum_steps,
+                                      seed if plan.mixup_alpha > 0 else 0, mesh)
+  state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
+                         NamedSharding(mesh, P()))
   batches = input_pipeline.train_iterator(
       train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
-      seed=seed, shuffle_buffer=config.shuffle_buffer)
+      seed=seed, shuffle_buffer=config.shuffle_buffer, cache=cache_train)
   total = plan.schedule[-1]
   for step in range(1, total + 1):
     state, step_metrics = train_step(state, next(batches))
@@ -94,8 +104,23 @@ def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str
       if not math.isfinite(loss):
         raise UserError(f"fine-tuning diverged (loss {loss} at step {step}); "
                         "lower --config.base_lr")
-  return evaluate(model, state.params, test_source, test_split, num_classes, plan,
-                  config=config, mesh=mesh)
+  return state.params
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step(model: models.ResNetV2, plan: Plan, accum_steps: int, mixup_seed: int,
+                mesh: jax.sharding.Mesh):
+  """(jitted train step, optimizer), built once per plan: every (shots, seed, init) run
+  with the same schedule reuses one compiled step instead of compiling its own."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  schedule = hyperrule.staircase_schedule(plan.schedule, plan.base_lr)
+  optimizer = optax.chain(optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
+  step_fn = train_step_lib.make_train_step(
+      model, optimizer, losses.softmax_xent, schedule, accum_steps=accum_steps,
+      mixup_alpha=plan.mixup_alpha, rng=jax.random.key(mixup_seed))
+  step = jax.jit(step_fn, in_shardings=(replicated, sharded),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return step, optimizer
 
 
 @functools.partial(jax.jit, static_argnames=("model", "crop"))

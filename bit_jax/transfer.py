@@ -65,7 +65,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
                      seed, plan)
         result = finetune.finetune(model, params, train_source, config.train_split, source,
                                    config.test_split, num_classes, plan, seed=seed,
-                                   config=config, mesh=mesh)
+                                   config=config, mesh=mesh, cache_train=bool(shots))
         runs.append({"evaluation": "finetune", "init": init_name, "shots": shots or "all",
                      "seed": seed, **result, "schedule": list(plan.schedule),
                      "resolution": [plan.resize, plan.crop], "mixup_alpha": plan.mixup_alpha})

@@ -81,3 +81,22 @@ def test_eval_step_counts_only_unmasked_examples():
   log_probs = jax.nn.log_softmax(jnp.array([0.0, 1.0, 3.0, 2.0]))
   expected_loss = -(2 * log_probs[2] + log_probs[3] + log_probs[0])
   np.testing.assert_allclose(counts["loss"], expected_loss, rtol=1e-5)
+
+
+def test_weight_standardization_once_per_step_equals_it_inside_the_model():
+  """The step standardizes kernels once (and backpropagates once) outside the model; the
+  gradient must be that of the plain model, which standardizes inside every conv."""
+  params = _state(optax.identity()).params
+  batch = _batch(8, seed=5)
+  loss_of = lambda p: jnp.mean(losses.softmax_xent(
+      MODEL.apply({"params": p}, batch["image"])[0], batch["label"]))
+  plain_loss, plain_grads = jax.jit(jax.value_and_grad(loss_of))(params)
+  optimizer = optax.trace(decay=0.0)  # Its state after one step is the gradient itself.
+  step_fn = train_step_lib.make_train_step(MODEL, optimizer, losses.softmax_xent,
+                                           lambda step: 1.0)
+  state = train_step_lib.create_train_state(params, optimizer)
+  new_state, step_metrics = jax.jit(step_fn)(state, batch)
+  hoisted_grads = new_state.opt_state.trace
+  np.testing.assert_allclose(step_metrics["loss"], plain_loss, rtol=1e-6)
+  _assert_trees_close(hoisted_grads, plain_grads, rtol=1e-4)
+  assert float(optax.global_norm(plain_grads["block2"])) > 0  # The backbone is in it.

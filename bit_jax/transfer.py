@@ -39,7 +39,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
                     "set --config.num_classes")
   model = models.get_model(config.model, num_classes=num_classes,
                            dtype=train.DTYPES[config.dtype])
-  pretrained_params = _load_init(config.init, model)
+  pretrained_params = load_init(config.init, model)
   train_labels = derived.read_labels(source, config.train_split)
   num_train = config.num_train_examples or len(train_labels)
   image_hw = tuple(config.image_size) or _image_hw(source)
@@ -127,7 +127,7 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
   return [{"evaluation": r.pop("method"), "init": init_name, **r} for r in runs]
 
 
-def _load_init(init: str, model: models.ResNetV2):
+def load_init(init: str, model: models.ResNetV2):
   """Pretrained params fitted to `model` (head zeroed), or None for from-scratch runs.
 
   `init` is an official .npz, or the workdir of a `train.py` run (its exported params.npz,

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bit_jax import hyperrule
 from bit_jax.errors import UserError
 from bit_jax.vtab import registry
 
@@ -118,6 +119,30 @@ def test_absolute_smallnorb_test_is_the_references_percent_slice():
 @TASKS
 def test_task_says_what_and_where(task):
   assert task.label and ".py" in task.source and callable(task.preprocess)
+
+
+@TASKS
+def test_image_size_is_tfds_fixed_shape_where_it_has_one(task):
+  name = task.tfds.split(":")[0]  # Unversioned: TFDS 4.9 cannot build pets' 3.x.
+  height, width = tfds.builder(name).info.features["image"].shape[:2]
+  if height and width:
+    assert task.image_hw == (height, width)
+  else:  # Variable sizes, from the dataset's description: all well above 96 x 96.
+    assert min(task.image_hw) >= 200
+
+
+def test_hyperrule_takes_small_images_only_where_they_are_below_96_pixels():
+  small = {t.name for t in registry.TASKS
+           if hyperrule.get_resolution(t.image_hw) == hyperrule.SMALL_RESOLUTION}
+  assert small == {"cifar100", "svhn", "eurosat", "dsprites_location", "dsprites_orientation"}
+
+
+def test_flips_and_crops_are_off_where_bit_turns_them_off():
+  # BiT (Kolesnikov et al. 2020), Supplementary F: the label would change with them.
+  assert {t.name for t in registry.TASKS if not t.flip} == {
+      "dsprites_orientation", "smallnorb_azimuth", "dsprites_location"}
+  assert {t.name for t in registry.TASKS if not t.random_crop} == {
+      "clevr_count", "clevr_distance", "dmlab", "kitti_distance", "dsprites_location"}
 
 
 def test_json_records():

@@ -1,0 +1,300 @@
+"""VTAB-1k runs: `run(config, workdir)` fine-tunes every selected task for every seed.
+
+Protocols (`config.protocol`, fields in configs/vtab.py):
+  hyperrule  BiT-HyperRule on train800val200 (1000 examples: 500 steps, no MixUp); top-1
+             and ECE on the whole test split.
+  sweep      every (learning rate, steps) of sweep_lrs x sweep_steps on train800, scored by
+             top-1 on val200; the best one retrained on train800val200 and tested.
+The resolution is the HyperRule's for the task's typical image size (registry `image_hw`)
+unless `config.resolution`; random flips and crops are off where they would change the
+label (registry `flip`, `random_crop`).
+
+Resumable: each finished piece is a JSON file, written atomically, that a rerun reuses:
+  settings.json                              what results depend on; a rerun must match it
+  runs/<task>/seed<k>.json                   a finished (task, seed): top-1, ECE, its plan
+  runs/<task>/seed<k>/lr<lr>_steps<n>.json   a finished sweep candidate: top-1 on val200
+  runs/<task>/error.txt                      the last failure's traceback, gone on success
+  results.json                               {task: [top-1 per seed], or null: failed}
+  report/report.{md,csv,png}                 beside the published numbers (vtab.report)
+A task that fails (data missing, a bug) is logged in one line and recorded as failed; the
+other tasks go on, and the next run retries only what did not finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import pathlib
+import tempfile
+import traceback
+from typing import Any
+
+import jax
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+import input_pipeline
+from input_pipeline import derived
+from bit_jax import finetune, models, pretrained, train, transfer
+from bit_jax.errors import UserError
+from bit_jax.vtab import registry, report
+
+PROTOCOLS = ("hyperrule", "sweep")
+SETTINGS_NAME = "settings.json"
+RESULTS_NAME = "results.json"
+ERROR_NAME = "error.txt"
+REPORT_DIR = "report"
+# What a finished run's numbers depend on (sweep_* only in the sweep); seeds, tasks, the eval
+# batch and gradient accumulation do not.
+SETTINGS = ("model", "init", "protocol", "resolution", "hyperrule_variant", "dtype", "base_lr",
+            "batch_size", "total_steps", "mixup_alpha", "shuffle_buffer", "sweep_lrs",
+            "sweep_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  results: dict[str, list[float] | None]  # What results.json holds.
+  failed: tuple[str, ...]  # Tasks that did not finish every seed.
+  results_path: pathlib.Path
+  report_paths: dict[str, pathlib.Path]  # "md", "csv", "png".
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPlan(finetune.Plan):
+  """The HyperRule's plan without the augmentations that would change the task's label."""
+  flip: bool = True
+  random_crop: bool = True
+
+  def pp_train(self, num_classes: int) -> str:
+    pp = super().pp_train(num_classes)
+    if not self.random_crop:  # Straight to the crop size, as in evaluation.
+      pp = pp.replace(f"resize({self.resize})|random_crop({self.crop})", f"resize({self.crop})")
+    if not self.flip:
+      pp = pp.replace("|flip_lr", "")
+    return pp
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcome:
+  """Runs what is not finished yet; writes results.json and the report."""
+  tasks = select_tasks(config.tasks)
+  check_config(config)
+  workdir = pathlib.Path(workdir)
+  settings = _check_settings(config, workdir)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+
+  @functools.cache
+  def backbone():
+    """Once, before the first fine-tuning: a bad --init stops the run with nothing written."""
+    params = _load_backbone(config)
+    _write_json(workdir / SETTINGS_NAME, settings)
+    return params
+
+  results, failed = {}, []
+  for task in tasks:
+    records = {seed: _read_json(_seed_path(workdir, task, seed)) for seed in config.seeds}
+    pending = [seed for seed, record in records.items() if record is None]
+    pretrained_backbone = backbone() if pending else None
+    try:
+      if pending:
+        records.update(_finish_seeds(task, pending, config, workdir, pretrained_backbone, mesh))
+      results[task.name] = [records[seed]["top1"] for seed in config.seeds]
+      _error_path(workdir, task).unlink(missing_ok=True)
+    except Exception as e:  # pylint: disable=broad-except  # One task must not stop the rest.
+      results[task.name] = None
+      failed.append(task.name)
+      _record_failure(workdir, task, e)
+
+  results_path = _write_json(workdir / RESULTS_NAME, results)
+  report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model)
+  return Outcome(results, tuple(failed), results_path, report_paths)
+
+
+def select_tasks(spec: str) -> tuple[registry.Task, ...]:
+  """`all`, groups and task names, comma-separated -> tasks in registry order."""
+  names = [name.strip() for name in spec.split(",") if name.strip()]
+  if not names:
+    raise UserError(f"no VTAB tasks in {spec!r}; give all, a group "
+                    f"({', '.join(registry.GROUPS)}) or task names, comma-separated")
+  return registry.TASKS if "all" in names else registry.select(names)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Bad input fails here, before any task runs, with one line."""
+  if config.protocol not in PROTOCOLS:
+    raise UserError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+  if config.dtype not in train.DTYPES:
+    raise UserError(f"unknown dtype {config.dtype!r}; valid: {', '.join(train.DTYPES)}")
+  models.get_architecture(config.model)
+  if not config.seeds:
+    raise UserError("no seeds; give at least one, e.g. --seeds=0")
+  if config.resolution:
+    finetune.make_plan(config, registry.TRAIN_EXAMPLES, None)  # Checks resize and crop.
+  if config.protocol == "sweep":
+    if config.total_steps:
+      raise UserError("--total_steps shortens the hyperrule protocol; for the sweep set "
+                      "--sweep_steps")
+    if not config.sweep_lrs or not config.sweep_steps or min(config.sweep_steps) < 1:
+      raise UserError("the sweep needs learning rates and positive step counts, e.g. "
+                      "--sweep_lrs=0.01,0.1 --sweep_steps=2500,10000")
+
+
+def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dict]:
+  """Each seed's record, also written to its file."""
+  model = models.get_model(config.model, num_classes=task.num_classes,
+                           dtype=train.DTYPES[config.dtype])
+  params = None if backbone is None else pretrained.fit(backbone, model)[0]  # A zero head.
+  job = _TaskJob(task, config, task_source(task, config.data_dir), model, params, mesh)
+  records = {}
+  for seed in seeds:
+    logging.info("VTAB %s, seed %d: %s protocol", task.name, seed, config.protocol)
+    if config.protocol == "hyperrule":
+      result = job.finetune("train800val200", "test", seed)
+    else:
+      result = _sweep(job, seed, _seed_path(workdir, task, seed).with_suffix(""))
+    records[seed] = {"task": task.name, "seed": seed, "protocol": config.protocol, **result}
+    _write_json(_seed_path(workdir, task, seed), records[seed])
+  return records
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskJob:
+  """What every fine-tuning of one task shares."""
+  task: registry.Task
+  config: ml_collections.ConfigDict
+  source: Any  # input_pipeline.Source yielding the task's labels.
+  model: models.ResNetV2
+  params: Any  # Pretrained with a zero head; None fine-tunes from scratch.
+  mesh: jax.sharding.Mesh
+
+  def finetune(self, train_split: str, eval_split: str, seed: int,
+               **overrides) -> dict[str, Any]:
+    """Fine-tunes on one split key, evaluates on another; `overrides` are config fields."""
+    config = self.config.copy_and_resolve_references()
+    config.update(overrides)
+    plan = self.plan(config, train_split)
+    params = self.params
+    if params is None:
+      params = finetune.init_params(self.model, jax.random.key(seed), plan.crop)
+    splits = self.task.splits
+    result = finetune.finetune(self.model, params, self.source, splits[train_split],
+                               self.source, splits[eval_split], self.task.num_classes, plan,
+                               seed=seed, config=config, mesh=self.mesh,
+                               cache_train=True)  # 1000 examples: decoded once, not per epoch.
+    return {**result, "train_split": train_split, "eval_split": eval_split,
+            "schedule": list(plan.schedule), "resolution": [plan.resize, plan.crop],
+            "base_lr": plan.base_lr, "mixup_alpha": plan.mixup_alpha,
+            "flip": plan.flip, "random_crop": plan.random_crop}
+
+  def plan(self, config: ml_collections.ConfigDict, train_split: str) -> TaskPlan:
+    # VTAB-1k sizes are known; mock data and some TFDS versions have no split metadata.
+    size = registry.num_examples(self.task, train_split)
+    plan = finetune.make_plan(config, size, tuple(self.task.image_hw))
+    return TaskPlan(**dataclasses.asdict(plan), flip=self.task.flip,
+                    random_crop=self.task.random_crop)
+
+
+def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, Any]:
+  """Every candidate on train800, scored on val200; the best retrained on train800val200."""
+  candidates, errors = [], []
+  for lr, steps in itertools.product(job.config.sweep_lrs, job.config.sweep_steps):
+    path = candidates_dir / f"lr{lr:g}_steps{steps}.json"
+    record = _read_json(path)
+    if record is None:
+      try:
+        record = job.finetune("train800", "val200", seed, base_lr=lr, total_steps=steps)
+      except UserError as e:  # E.g. diverged at a high learning rate: not a choice.
+        logging.warning("VTAB %s, seed %d: candidate lr %g, %d steps failed: %s",
+                        job.task.name, seed, lr, steps, e)
+        errors.append(str(e))
+        continue
+      _write_json(path, {**record, "steps": steps})
+    candidates.append({"base_lr": lr, "steps": steps, "val200_top1": record["top1"]})
+  if not candidates:
+    raise UserError(f"every sweep candidate failed; the first: {errors[0]}")
+  best = max(candidates, key=lambda c: c["val200_top1"])  # The first of equals.
+  final = job.finetune("train800val200", "test", seed, base_lr=best["base_lr"],
+                       total_steps=best["steps"])
+  return {**final, "chosen": best, "candidates": candidates}
+
+
+def task_source(task: registry.Task, data_dir: str | None):
+  """The task's TFDS data with its labels (`task.preprocess`), images still uint8."""
+  source = input_pipeline.get_source(task.tfds, data_dir)
+  channels = _stored_channels(source)
+
+  def preprocess(example):
+    # Sources leave images encoded for the pp's `decode`, but the label functions work on
+    # pixels (dsprites scales its 0/1 masks; grey images are tiled): decode as stored.
+    image = example["image"]
+    if image.dtype == tf.string:
+      image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+    return task.preprocess({**example, "image": image})
+
+  return derived.Mapped(source, preprocess, num_classes=task.num_classes, name=task.name)
+
+
+def _stored_channels(source) -> int:
+  try:
+    return source.builder.info.features["image"].shape[-1] or 3
+  except (AttributeError, KeyError, TypeError):
+    return 3
+
+
+def _load_backbone(config: ml_collections.ConfigDict):
+  """`config.init` without its head (numpy, reused by every task), or None: from scratch."""
+  headless = models.get_model(config.model, dtype=train.DTYPES[config.dtype])
+  return transfer.load_init(config.init, headless)
+
+
+def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+  """The settings results depend on; those a workdir's finished runs came from must match."""
+  keys = [key for key in SETTINGS if config.protocol == "sweep" or not key.startswith("sweep")]
+  settings = json.loads(json.dumps({key: config[key] for key in keys}))
+  saved = _read_json(workdir / SETTINGS_NAME) or settings
+  changed = [f"{key} {saved.get(key)!r} -> {settings.get(key)!r}" for key in SETTINGS
+             if saved.get(key) != settings.get(key)]
+  if changed:
+    raise UserError(f"{workdir} holds results of other settings ({'; '.join(changed)}); "
+                    "rerun with the same ones or use a new --workdir")
+  return settings
+
+
+def _record_failure(workdir: pathlib.Path, task: registry.Task, error: Exception) -> None:
+  path = _error_path(workdir, task)
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+  lines = str(error).strip().splitlines() or [""]
+  what = lines[0] if isinstance(error, UserError) else f"{type(error).__name__}: {lines[0]}"
+  logging.error("VTAB task %s failed: %s (traceback: %s)", task.name, what, path)
+
+
+def _seed_path(workdir: pathlib.Path, task: registry.Task, seed: int) -> pathlib.Path:
+  return workdir / "runs" / task.name / f"seed{seed}.json"
+
+
+def _error_path(workdir: pathlib.Path, task: registry.Task) -> pathlib.Path:
+  return workdir / "runs" / task.name / ERROR_NAME
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  """The file's JSON, or None if there is no such file."""
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    return None
+
+
+def _write_json(path: pathlib.Path, value: Any) -> pathlib.Path:
+  """Replaces `path` atomically (process 0 only): an interrupted write leaves no half file."""
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+  return path

@@ -1,0 +1,298 @@
+"""`python -m bit_jax.vtab run`: all 19 tasks end to end on mock data, resuming, a failing
+task, the sweep's choice and bad input.
+
+The end-to-end run is a real command in a fresh process (one CPU device, as a user runs it):
+`python tests/vtab/test_run.py MOCK_DIR run ...` runs the command line on mock data. The other
+tests run in process with a fake `finetune.finetune`, so nothing compiles.
+"""
+
+import json
+import operator
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bit_jax import finetune, models, npz
+from bit_jax.errors import UserError
+from bit_jax.vtab import __main__ as cli
+from bit_jax.vtab import registry
+from bit_jax.vtab import run as vtab_run
+
+ROOT = pathlib.Path(__file__).parents[2]
+NUM_EXAMPLES = 8  # Per split: mock data ignores split slicing.
+OBJECTS = 5  # Every unknown dimension (objects, image height and width) in the mock examples.
+PETS_PREPARED_VERSION = "3.2.0"
+# The cheapest honest run: the smallest crop and batch, one step per task.
+TINY = ["--resolution=36,32", "--total_steps=1", "--batch_size=8", "--eval_batch_size=8"]
+# The end-to-end model: one bottleneck unit, the smallest BiT ResNet-v2. Each task compiles
+# its own train step (one per class count); depth is not what the run is tested for, and one
+# unit compiles 3x faster than tiny-R14's four.
+SMALLEST = "test-R5"
+SMALLEST_ARCHITECTURE = models.Architecture((1,), 1, base_width=32)
+
+
+def register_smallest(setitem=operator.setitem) -> None:
+  """Makes SMALLEST a model name; `monkeypatch.setitem` undoes it after a test."""
+  setitem(models.TINY_ARCHITECTURES, SMALLEST, SMALLEST_ARCHITECTURE)
+  setitem(models.MODEL_NAMES, SMALLEST, SMALLEST)
+
+
+# --- Mock data for every task ---------------------------------------------------------------
+
+def mock_examples(builder, split, decoders=None, read_config=None, shuffle_files=False):
+  """NUM_EXAMPLES examples of the builder's own features, images PNG-encoded.
+
+  Every unknown dimension is OBJECTS long: TFDS's random mock draws each field of a Sequence
+  with its own length (kitti `objects/type` and `objects/location` disagree), which no real
+  example does. Images stay encoded because sources read them with decoding skipped.
+  """
+  del split, decoders, read_config, shuffle_files  # The same examples for every split.
+  features = builder.info.features
+
+  def leaf(spec):
+    shape = [OBJECTS if d is None else d for d in spec.shape]
+    return tf.fill(shape, "") if spec.dtype == tf.string else tf.ones(shape, spec.dtype)
+
+  example = tf.nest.map_structure(leaf, features.get_tensor_spec())
+  for key, feature in features.items():
+    if isinstance(feature, tfds.features.Image):
+      example[key] = tf.io.encode_png(example[key])
+  return tf.data.Dataset.from_tensors(example).repeat(NUM_EXAMPLES)
+
+
+def write_old_pets_metadata(data_dir: pathlib.Path) -> None:
+  """oxford_iiit_pet as an older TFDS prepared it (the reference's 3.x), metadata only.
+
+  TFDS 4.9 reads such data but cannot build it (registry note), so mock data alone cannot
+  cover the task: with this, `tfds.builder("oxford_iiit_pet:3.*.*")` finds the files.
+  """
+  path = data_dir / "oxford_iiit_pet" / PETS_PREPARED_VERSION
+  path.mkdir(parents=True, exist_ok=True)
+  tfds.builder("oxford_iiit_pet").info.write_to_directory(path)
+  info = json.loads((path / "dataset_info.json").read_text())
+  (path / "dataset_info.json").write_text(json.dumps({**info,
+                                                      "version": PETS_PREPARED_VERSION}))
+
+
+def mock_data(data_dir: pathlib.Path):
+  write_old_pets_metadata(data_dir)
+  return tfds.testing.mock_data(data_dir=str(data_dir), as_dataset_fn=mock_examples)
+
+
+def main(argv):
+  """`python tests/vtab/test_run.py MOCK_DIR COMMAND ...`: the command line on mock data."""
+  from bit_jax import entry  # pylint: disable=import-outside-toplevel
+  entry.prepare()
+  cli.show_progress()
+  register_smallest()
+  with mock_data(pathlib.Path(argv[0])):
+    cli.main(argv[1:])
+
+
+# --- The 19 tasks end to end, then resumed ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory):
+  """One real `run` over all 19 tasks: (command-line args, finished process, workdir)."""
+  tmp = tmp_path_factory.mktemp("vtab")
+  model = models.ResNetV2(SMALLEST_ARCHITECTURE, num_classes=10)
+  npz.save(finetune.init_params(model, jax.random.key(0), 32), tmp / "pretrained.npz")
+  args = ["run", f"--model={SMALLEST}", *TINY, f"--init={tmp / 'pretrained.npz'}",
+          f"--workdir={tmp / 'work'}"]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+         # Compiling dominates: without XLA's CPU optimizations it takes ~40% less time,
+         # and nothing this test looks at changes.
+         "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true"}
+  done = subprocess.run([sys.executable, __file__, str(tmp / "mock"), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=900, check=False)
+  return args, done, tmp / "work"
+
+
+def test_all_tasks_end_to_end_on_mock_data(end_to_end):
+  _, done, workdir = end_to_end
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.split() == [str(workdir / "results.json"),
+                                 str(workdir / "report" / "report.md")]
+  results = json.loads((workdir / "results.json").read_text())
+  assert list(results) == list(registry.names())
+  for top1 in results.values():
+    assert len(top1) == 1 and 0 <= top1[0] <= 1
+  for kind in ("md", "csv", "png"):
+    assert (workdir / "report" / f"report.{kind}").stat().st_size > 0
+  assert "| cifar100 | natural |" in (workdir / "report" / "report.md").read_text()
+
+
+def test_each_run_records_its_plan(end_to_end):
+  _, _, workdir = end_to_end
+  record = json.loads((workdir / "runs" / "dsprites_location" / "seed0.json").read_text())
+  assert record["num_test_examples"] == NUM_EXAMPLES and 0 <= record["ece"] <= 1
+  assert (record["train_split"], record["eval_split"]) == ("train800val200", "test")
+  assert record["resolution"] == [36, 32] and record["schedule"] == [1] * 5
+  assert (record["base_lr"], record["mixup_alpha"]) == (0.003, 0.0)  # Under 20k: no MixUp.
+  assert (record["flip"], record["random_crop"]) == (False, False)  # BiT Supplementary F.
+
+
+def test_a_rerun_finetunes_nothing_and_gives_the_same_results(end_to_end, monkeypatch, capsys):
+  args, _, workdir = end_to_end
+  before = (workdir / "results.json").read_text()
+  monkeypatch.setattr(finetune, "finetune", _must_not_finetune)
+  register_smallest(monkeypatch.setitem)
+  cli.main(args)  # Every task is finished: no data, model or checkpoint is even loaded.
+  assert capsys.readouterr().out.split()[0] == str(workdir / "results.json")
+  assert (workdir / "results.json").read_text() == before
+
+
+def _must_not_finetune(*args, **kwargs):
+  raise AssertionError("a finished run was fine-tuned again")
+
+
+# --- Failures and the sweep, with a fake fine-tuning ----------------------------------------
+
+class FakeFinetune:
+  """Stands in for `finetune.finetune`: records each call; top-1 from `score(call)`."""
+
+  def __init__(self, score=lambda call: 0.5, fail=()):
+    self.calls, self.score, self.fail = [], score, fail
+
+  def __call__(self, model, params, train_source, train_split, test_source, test_split,
+               num_classes, plan, *, seed, config, mesh, cache_train=False):
+    del model, params, test_source, config, mesh, cache_train
+    call = {"task": train_source.name, "train": train_split, "eval": test_split,
+            "num_classes": num_classes, "lr": plan.base_lr, "steps": plan.schedule[-1],
+            "seed": seed}
+    self.calls.append(call)
+    if call["task"] in self.fail:
+      raise RuntimeError(f"disk on fire under {call['task']}")
+    return {"top1": self.score(call), "ece": 0.25, "num_test_examples": NUM_EXAMPLES}
+
+
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+  """run(fake, *flags) -> exit code of `run` over tmp_path/work, from scratch, on mock data."""
+  monkeypatch.setattr(finetune, "init_params", lambda *args, **kwargs: None)  # No compile.
+
+  def run(fake, *flags):
+    monkeypatch.setattr(finetune, "finetune", fake)
+    with mock_data(tmp_path / "mock"):
+      try:
+        cli.main(["run", "--model=tiny-R14", *TINY, "--init=", f"--workdir={tmp_path / 'work'}",
+                  *flags])
+      except SystemExit as exit_:
+        return exit_.code
+    return 0
+  return run
+
+
+def test_a_failing_task_is_reported_and_retried_alone(fake_run, tmp_path, capsys, caplog):
+  workdir = tmp_path / "work"
+  tasks = "--tasks=cifar100,dtd,svhn"
+  assert fake_run(FakeFinetune(fail=("dtd",)), tasks) == 1
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+      "error: 1 VTAB task(s) failed: dtd (tracebacks in")
+  [logged] = [r.getMessage() for r in caplog.records if "VTAB task" in r.getMessage()]
+  assert "dtd failed: RuntimeError: disk on fire under dtd" in logged and "\n" not in logged
+  assert "disk on fire" in (workdir / "runs" / "dtd" / "error.txt").read_text()
+  results = json.loads((workdir / "results.json").read_text())
+  assert results == {"cifar100": [0.5], "dtd": None, "svhn": [0.5]}
+  assert "dtd" in (workdir / "report" / "report.md").read_text().split("Missing")[-1]
+
+  retry = FakeFinetune(score=lambda call: 0.75)
+  assert fake_run(retry, tasks) == 0
+  assert [call["task"] for call in retry.calls] == ["dtd"]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results == {"cifar100": [0.5], "dtd": [0.75], "svhn": [0.5]}
+  assert not (workdir / "runs" / "dtd" / "error.txt").exists()
+
+
+# Validation top-1 per (learning rate, steps); the 0.1 x 4-step candidate diverges.
+VAL_TOP1 = {(0.01, 2): 0.3, (0.01, 4): 0.7, (0.1, 2): 0.5}
+TEST_TOP1 = 0.9
+
+
+def _sweep_score(call):
+  if call["eval"] == registry.get("cifar100").splits["test"]:
+    return TEST_TOP1 + 0.01 * call["seed"]
+  if (call["lr"], call["steps"]) not in VAL_TOP1:
+    raise UserError("fine-tuning diverged (loss nan at step 3); lower --config.base_lr")
+  return VAL_TOP1[call["lr"], call["steps"]]
+
+
+def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
+  sweep = ["--protocol=sweep", "--sweep_lrs=0.01,0.1", "--sweep_steps=2,4",
+           "--tasks=cifar100", "--seeds=0,1", "--total_steps=0"]
+  fake = FakeFinetune(score=_sweep_score)
+  assert fake_run(fake, *sweep) == 0
+  splits = registry.get("cifar100").splits
+  for seed in (0, 1):
+    calls = [c for c in fake.calls if c["seed"] == seed]
+    candidates, [final] = calls[:-1], calls[-1:]
+    assert [(c["lr"], c["steps"]) for c in candidates] == [(0.01, 2), (0.01, 4), (0.1, 2),
+                                                           (0.1, 4)]
+    assert {(c["train"], c["eval"]) for c in candidates} == {(splits["train800"],
+                                                               splits["val200"])}
+    assert (final["train"], final["eval"]) == (splits["train800val200"], splits["test"])
+    assert (final["lr"], final["steps"]) == (0.01, 4)  # The best on val200.
+  workdir = tmp_path / "work"
+  record = json.loads((workdir / "runs" / "cifar100" / "seed0.json").read_text())
+  assert record["chosen"] == {"base_lr": 0.01, "steps": 4, "val200_top1": 0.7}
+  assert len(record["candidates"]) == 3  # The diverged one is no candidate.
+  assert json.loads((workdir / "results.json").read_text()) == {"cifar100": [0.9, 0.91]}
+
+  # Resuming: finished candidates are kept; only the unfinished seed's final run is redone.
+  (workdir / "runs" / "cifar100" / "seed1.json").unlink()
+  again = FakeFinetune(score=_sweep_score)
+  assert fake_run(again, *sweep) == 0
+  assert [(c["seed"], c["lr"], c["steps"]) for c in again.calls] == [(1, 0.1, 4), (1, 0.01, 4)]
+
+
+def test_label_changing_augmentations_are_off_where_bit_turns_them_off():
+  def pp(flip, random_crop):
+    plan = vtab_run.TaskPlan(resize=36, crop=32, schedule=(1,) * 5, mixup_alpha=0.0,
+                             base_lr=0.003, batch_size=8, flip=flip, random_crop=random_crop)
+    return plan.pp_train(16)
+  tail = "value_range(-1,1)|onehot(16)|keep('image', 'label')"
+  assert pp(True, True) == f"decode|resize(36)|random_crop(32)|flip_lr|{tail}"
+  assert pp(False, True) == f"decode|resize(36)|random_crop(32)|{tail}"
+  assert pp(True, False) == f"decode|resize(32)|flip_lr|{tail}"
+  assert pp(False, False) == f"decode|resize(32)|{tail}"
+
+
+# --- Bad input --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tasks=cifar10"], "unknown VTAB task or group 'cifar10'; valid groups: natural"),
+    (["--tasks=,"], "no VTAB tasks in ','"),
+    (["--protocol=grid"], "unknown protocol 'grid'; valid: hyperrule, sweep"),
+    (["--resolution=448"], "--resolution takes RESIZE,CROP, e.g. 448,384; got '448'"),
+    (["--resolution=big,small"], "--resolution takes comma-separated ints"),
+    (["--resolution=20,16"], "resolution (resize 20, crop 16) is too small for tiny-R14"),
+    (["--seeds=one"], "--seeds takes comma-separated ints, e.g. --seeds=0,1,2; got 'one'"),
+    (["--model=R50"], "unknown model 'R50'; valid models: BiT-S-R50x1"),
+    (["--dtype=float16"], "unknown dtype 'float16'; valid: float32, bfloat16"),
+    (["--protocol=sweep", "--total_steps=2"], "--total_steps shortens the hyperrule"),
+    (["--init=missing.npz"], "checkpoint 'missing.npz' does not exist"),
+])
+def test_bad_input_exits_with_one_line(flags, message, fake_run, tmp_path, capsys):
+  assert fake_run(FakeFinetune(), "--tasks=dtd", *flags) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {message}") and "\n" not in err, err
+  assert not (tmp_path / "work").exists()
+
+
+def test_a_workdir_of_other_settings_is_refused(fake_run, tmp_path, capsys):
+  assert fake_run(FakeFinetune(), "--tasks=dtd") == 0
+  assert fake_run(FakeFinetune(), "--tasks=dtd", "--batch_size=16") == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {tmp_path / 'work'} holds results of other settings "
+                        "(batch_size 8 -> 16); rerun with the same ones") and "\n" not in err
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -110,7 +110,6 @@ def farm_train_pool(labels: np.ndarray, test: np.ndarray) -> np.ndarray:
 class BitAnimalsUpstream(BitAnimalSilhouettes):
   """The demo's upstream: all ten animals, less the farm animals' downstream pool."""
 
-  VERSION = tfds.core.Version("1.0.0")
   DESCRIPTION = ("The ten animal-mnist 0.4 silhouette classes with their labels, less the "
                  "1,500 farm-animal images `bit_farm_animals` trains on: train 7,500; test = "
                  "the 1,000 of bit_animal_silhouettes (used only to evaluate).")

@@ -4,7 +4,7 @@ r"""Check a dataset and a preprocessing string before training on them.
       --split='train[:90%]' --pp='decode|resize(64)|value_range(-1, 1)'
 
 Prints the split's size, the classes and the first batch's shapes. Bad input
-prints one line, `error: ...`, and exits 1, as the training entry points do.
+prints one line, `error: ...`, and exits 2, as the training entry points do.
 """
 import sys
 
@@ -13,6 +13,7 @@ from absl import flags
 import numpy as np
 
 from input_pipeline import datasets
+from input_pipeline import embedded
 from input_pipeline import ops
 from input_pipeline import streams
 from input_pipeline.errors import InputError
@@ -47,13 +48,13 @@ def main(argv):
   del argv
   try:
     if not FLAGS.dataset:
-      raise InputError("--dataset is required: a TFDS name, bit_digits, "
-                       "bit_animal_silhouettes or folder:/path/to/images")
+      raise InputError("--dataset is required: a TFDS name, an embedded dataset ("
+                       f"{', '.join(embedded.BUILDERS)}) or folder:/path/to/images")
     print("\n".join(describe(FLAGS.dataset, FLAGS.split, FLAGS.pp,
                              FLAGS.data_dir, FLAGS.batch_size)))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)  # Bad input, as bit_jax.entry.EXIT_BAD_INPUT.
 
 
 if __name__ == "__main__":

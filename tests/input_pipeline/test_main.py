@@ -25,7 +25,7 @@ def test_bad_input_prints_one_line_and_exits_nonzero(tmp_path):
        f"--data_dir={tmp_path}", "--pp=decode|inceptoin_crop(224)"],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  assert result.returncode == 1
+  assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: unknown preprocessing op 'inceptoin_crop'")
   assert "valid ops:" in last and "inception_crop" in last

@@ -14,7 +14,8 @@ Resumable: each finished piece is a JSON file, written atomically, that a rerun 
   runs/<task>/seed<k>.json                   a finished (task, seed): top-1, ECE, its plan
   runs/<task>/seed<k>/lr<lr>_steps<n>.json   a finished sweep candidate: top-1 on val200
   runs/<task>/error.txt                      the last failure's traceback, gone on success
-  results.json                               {task: [top-1 per seed], or null: failed}
+  results.json                               {task: [top-1 per seed], or null: failed}, for
+                                             the tasks run now and all finished before
   report/report.{md,csv,png}                 beside the published numbers (vtab.report)
 A task that fails (data missing, a bug) is logged in one line and recorded as failed; the
 other tasks go on, and the next run retries only what did not finish.
@@ -108,9 +109,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
       failed.append(task.name)
       _record_failure(workdir, task, e)
 
+  results = _with_other_finished_tasks(results, config, workdir)
   results_path = _write_json(workdir / RESULTS_NAME, results)
   report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model)
   return Outcome(results, tuple(failed), results_path, report_paths)
+
+
+def _with_other_finished_tasks(results: dict, config, workdir: pathlib.Path) -> dict:
+  """`results` plus every task not asked for this time that the workdir holds for all seeds,
+  in registry order: running the groups one by one builds up one results.json and report."""
+  merged = {}
+  for task in registry.TASKS:
+    if task.name in results:
+      merged[task.name] = results[task.name]
+      continue
+    records = [_read_json(_seed_path(workdir, task, seed)) for seed in config.seeds]
+    if all(records):
+      merged[task.name] = [record["top1"] for record in records]
+  return merged
 
 
 def select_tasks(spec: str) -> tuple[registry.Task, ...]:

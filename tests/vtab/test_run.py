@@ -210,6 +210,12 @@ def test_a_failing_task_is_reported_and_retried_alone(fake_run, tmp_path, capsys
   assert results == {"cifar100": [0.5], "dtd": [0.75], "svhn": [0.5]}
   assert not (workdir / "runs" / "dtd" / "error.txt").exists()
 
+  # Another task alone: results.json and the report keep the tasks finished before.
+  assert fake_run(FakeFinetune(score=lambda call: 0.25), "--tasks=eurosat") == 0
+  results = json.loads((workdir / "results.json").read_text())
+  assert results == {"cifar100": [0.5], "dtd": [0.75], "svhn": [0.5], "eurosat": [0.25]}
+  assert "| cifar100 | natural | 50.0 | 1 |" in (workdir / "report" / "report.md").read_text()
+
 
 # Validation top-1 per (learning rate, steps); the 0.1 x 4-step candidate diverges.
 VAL_TOP1 = {(0.01, 2): 0.3, (0.01, 4): 0.7, (0.1, 2): 0.5}

@@ -11,7 +11,9 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 # Variables whose presence means "this is one process of several".
 _CLUSTER_HINTS = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -32,3 +34,14 @@ def maybe_initialize(config: Any) -> bool:
   logging.info("Process %d of %d, %d local of %d devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def on_any_process(flag: bool) -> bool:
+  """True in every process if `flag` is True in any (a blocking collective when several).
+
+  A SIGTERM may reach one host only; every host must then save and stop at the same step, or
+  the others wait in the next step's collectives for a host that is gone.
+  """
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

@@ -116,6 +116,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_last = step == total_steps
     log = step % config.log_every_steps == 0 or is_last
     stop = bool(preempted)  # Read once: a SIGTERM between save and exit still saves first.
+    if jax.process_count() > 1:  # Hosts agree, every preemption_check_every_steps steps.
+      stop = (step % config.preemption_check_every_steps == 0 or is_last) and (
+          distributed.on_any_process(stop))
     save = step % config.checkpoint_every_steps == 0 or is_last or stop
     if log or save:
       # One host transfer per such step; a diverged state is never logged on or saved.

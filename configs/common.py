@@ -58,6 +58,8 @@ def upstream_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 1000
+  # Multi-host: how often hosts agree on stopping after a SIGTERM (a blocking collective).
+  c.preemption_check_every_steps = 10
   c.keep_checkpoints = 3
   c.async_checkpoints = True
 

@@ -5,7 +5,8 @@
 joins `jax.distributed` on localhost:PORT with LOCAL_DEVICES CPU devices and gloo
 collectives, trains tiny-R14 for `STEPS` steps on a global batch sharded over the devices of
 every process (each process feeds only its own rows, as the input pipeline does), and
-writes the final parameters and losses as this process sees them.
+writes the final parameters and losses as this process sees them, and whether it would stop
+when only process 1 was sent SIGTERM (`distributed.on_any_process`).
 """
 from __future__ import annotations
 
@@ -89,7 +90,10 @@ def main(argv: list[str]) -> None:
   assert jax.process_count() == num_processes
   assert jax.device_count() == num_processes * local_devices
   _, flat, step_losses = train(jax.devices())
-  np.savez(out_path, losses=np.array(step_losses),
+  from bit_jax import distributed  # pylint: disable=import-outside-toplevel
+  # As after a SIGTERM that reached only process 1, then none: every process must agree.
+  stop_votes = [distributed.on_any_process(process_id == 1), distributed.on_any_process(False)]
+  np.savez(out_path, losses=np.array(step_losses), stop_votes=np.array(stop_votes),
            process_count=jax.process_count(), device_count=jax.device_count(),
            **{f"params/{k}": v for k, v in flat.items()})
   jax.distributed.shutdown()

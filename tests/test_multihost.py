@@ -65,6 +65,8 @@ def test_two_processes_train_like_one(tmp_path):
   for r in results:
     assert int(r["process_count"]) == NUM_PROCESSES
     assert int(r["device_count"]) == NUM_PROCESSES * LOCAL_DEVICES
+    # A SIGTERM that reached process 1 alone stops both (at the same step), no SIGTERM none.
+    assert r["stop_votes"].tolist() == [True, False]
 
   assert len(flat) > 10 and np.all(np.isfinite(losses))
   for r in results:

@@ -38,10 +38,16 @@ class Plan:
   mixup_alpha: float
   base_lr: float
   batch_size: int
+  # Off for tasks whose label a flip or a crop would change (VTAB's positions, orientations).
+  flip: bool = True
+  random_crop: bool = True  # Else resize straight to the crop size, as in evaluation.
 
   def pp_train(self, num_classes: int) -> str:
-    return (f"decode|resize({self.resize})|random_crop({self.crop})|flip_lr|"
-            f"value_range(-1,1)|onehot({num_classes})|keep('image', 'label')")
+    size = (f"resize({self.resize})|random_crop({self.crop})" if self.random_crop
+            else f"resize({self.crop})")
+    flip = "|flip_lr" if self.flip else ""
+    return (f"decode|{size}{flip}|value_range(-1,1)|onehot({num_classes})|"
+            "keep('image', 'label')")
 
   def pp_eval(self, num_classes: int) -> str:
     return (f"decode|resize({self.crop})|value_range(-1,1)|onehot({num_classes})|"

@@ -37,6 +37,19 @@ def test_overrides_rescale_the_schedule_and_replace_resolution_and_mixup():
   assert plan.pp_eval(10).startswith("decode|resize(32)|value_range(-1,1)|onehot(10)")
 
 
+def test_flips_and_random_crops_can_be_turned_off():
+  """VTAB turns them off where they would change the label (positions, orientations)."""
+  def pp(flip, random_crop):
+    plan = finetune.Plan(resize=36, crop=32, schedule=(1,) * 5, mixup_alpha=0.0,
+                         base_lr=0.003, batch_size=8, flip=flip, random_crop=random_crop)
+    return plan.pp_train(16)
+  tail = "value_range(-1,1)|onehot(16)|keep('image', 'label')"
+  assert pp(True, True) == f"decode|resize(36)|random_crop(32)|flip_lr|{tail}"
+  assert pp(False, True) == f"decode|resize(36)|random_crop(32)|{tail}"
+  assert pp(True, False) == f"decode|resize(32)|flip_lr|{tail}"
+  assert pp(False, False) == f"decode|resize(32)|{tail}"
+
+
 def test_unknown_image_size_asks_for_a_resolution():
   with pytest.raises(UserError, match="set --config.resolution"):
     finetune.make_plan(_config(), dataset_size=50, image_hw=None)

@@ -64,21 +64,6 @@ class Outcome:
   report_paths: dict[str, pathlib.Path]  # "md", "csv", "png".
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskPlan(finetune.Plan):
-  """The HyperRule's plan without the augmentations that would change the task's label."""
-  flip: bool = True
-  random_crop: bool = True
-
-  def pp_train(self, num_classes: int) -> str:
-    pp = super().pp_train(num_classes)
-    if not self.random_crop:  # Straight to the crop size, as in evaluation.
-      pp = pp.replace(f"resize({self.resize})|random_crop({self.crop})", f"resize({self.crop})")
-    if not self.flip:
-      pp = pp.replace("|flip_lr", "")
-    return pp
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcome:
   """Runs what is not finished yet; writes results.json and the report."""
   tasks = select_tasks(config.tasks)
@@ -205,12 +190,11 @@ class _TaskJob:
             "base_lr": plan.base_lr, "mixup_alpha": plan.mixup_alpha,
             "flip": plan.flip, "random_crop": plan.random_crop}
 
-  def plan(self, config: ml_collections.ConfigDict, train_split: str) -> TaskPlan:
+  def plan(self, config: ml_collections.ConfigDict, train_split: str) -> finetune.Plan:
     # VTAB-1k sizes are known; mock data and some TFDS versions have no split metadata.
     size = registry.num_examples(self.task, train_split)
     plan = finetune.make_plan(config, size, tuple(self.task.image_hw))
-    return TaskPlan(**dataclasses.asdict(plan), flip=self.task.flip,
-                    random_crop=self.task.random_crop)
+    return dataclasses.replace(plan, flip=self.task.flip, random_crop=self.task.random_crop)
 
 
 def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, Any]:

@@ -258,18 +258,6 @@ def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
   assert [(c["seed"], c["lr"], c["steps"]) for c in again.calls] == [(1, 0.1, 4), (1, 0.01, 4)]
 
 
-def test_label_changing_augmentations_are_off_where_bit_turns_them_off():
-  def pp(flip, random_crop):
-    plan = vtab_run.TaskPlan(resize=36, crop=32, schedule=(1,) * 5, mixup_alpha=0.0,
-                             base_lr=0.003, batch_size=8, flip=flip, random_crop=random_crop)
-    return plan.pp_train(16)
-  tail = "value_range(-1,1)|onehot(16)|keep('image', 'label')"
-  assert pp(True, True) == f"decode|resize(36)|random_crop(32)|flip_lr|{tail}"
-  assert pp(False, True) == f"decode|resize(36)|random_crop(32)|{tail}"
-  assert pp(True, False) == f"decode|resize(32)|flip_lr|{tail}"
-  assert pp(False, False) == f"decode|resize(32)|{tail}"
-
-
 # --- Bad input --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags,message", [

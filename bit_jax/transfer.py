@@ -183,13 +183,20 @@ def format_table(summary: list[dict]) -> str:
 
 
 def _write_results(workdir: str, config, runs: list[dict]) -> dict[str, Any]:
-  """results.json, replaced atomically so an interrupted write never corrupts it."""
   results = {"config": json.loads(config.to_json_best_effort()), "runs": runs,
              "summary": summarize(runs)}
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, RESULTS_NAME))
+  write_json(os.path.join(workdir, RESULTS_NAME), results)
   return results
+
+
+def write_json(path: str | os.PathLike, value: Any) -> str | os.PathLike:
+  """Replaces `path` atomically (process 0 only): an interrupted write never leaves half a
+  file, so results already written are never corrupted."""
+  if jax.process_index() == 0:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+  return path

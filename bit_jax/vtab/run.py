@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import pathlib
-import tempfile
 import traceback
 from typing import Any
 
@@ -76,7 +75,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
   def backbone():
     """Once, before the first fine-tuning: a bad --init stops the run with nothing written."""
     params = _load_backbone(config)
-    _write_json(workdir / SETTINGS_NAME, settings)
+    transfer.write_json(workdir / SETTINGS_NAME, settings)
     return params
 
   results, failed = {}, []
@@ -95,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
       _record_failure(workdir, task, e)
 
   results = _with_other_finished_tasks(results, config, workdir)
-  results_path = _write_json(workdir / RESULTS_NAME, results)
+  results_path = transfer.write_json(workdir / RESULTS_NAME, results)
   report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model)
   return Outcome(results, tuple(failed), results_path, report_paths)
 
@@ -157,7 +156,7 @@ def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dic
     else:
       result = _sweep(job, seed, _seed_path(workdir, task, seed).with_suffix(""))
     records[seed] = {"task": task.name, "seed": seed, "protocol": config.protocol, **result}
-    _write_json(_seed_path(workdir, task, seed), records[seed])
+    transfer.write_json(_seed_path(workdir, task, seed), records[seed])
   return records
 
 
@@ -211,7 +210,7 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, 
                         job.task.name, seed, lr, steps, e)
         errors.append(str(e))
         continue
-      _write_json(path, {**record, "steps": steps})
+      transfer.write_json(path, {**record, "steps": steps})
     candidates.append({"base_lr": lr, "steps": steps, "val200_top1": record["top1"]})
   if not candidates:
     raise UserError(f"every sweep candidate failed; the first: {errors[0]}")
@@ -287,14 +286,3 @@ def _read_json(path: pathlib.Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
   except FileNotFoundError:
     return None
-
-
-def _write_json(path: pathlib.Path, value: Any) -> pathlib.Path:
-  """Replaces `path` atomically (process 0 only): an interrupted write leaves no half file."""
-  if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=1)
-    os.replace(tmp, path)
-  return path

@@ -146,8 +146,8 @@ def predict(model: models.ResNetV2, params: Any, source, split: str, pp: str, *,
             ) -> tuple[np.ndarray, np.ndarray]:
   """(`output` per example, one-hot labels) for every example of `split`, in order."""
   replicated = NamedSharding(mesh, P())
+  model, params = models.for_inference(model, jax.device_put(params, replicated))
   apply = functools.partial(_forward, model, output=output)
-  params = jax.device_put(params, replicated)
   outputs, labels = [], []
   # process_allgather: every host gets the whole batch, also when it spans several hosts.
   gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -98,6 +98,19 @@ def standardize_kernels(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(maybe_standardize, params)
 
 
+_standardize_kernels_jit = jax.jit(standardize_kernels)
+
+
+def for_inference(model: ResNetV2, params: Any) -> tuple[ResNetV2, Any]:
+  """(model, params) for a pass of many batches with fixed parameters: kernels standardized
+  once here instead of in every forward call (~15% of R50x1's forward on XLA:CPU), at the
+  cost of one more copy of the parameters while the pass runs. Outputs are unchanged.
+  """
+  if model.kernels_standardized:
+    return model, params
+  return model.clone(kernels_standardized=True), _standardize_kernels_jit(params)
+
+
 class StdConv(nn.Module):
   """Bias-free convolution with a weight-standardized kernel.
 

@@ -77,7 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      accum_steps=config.accum_steps),
       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(train_step_lib.make_eval_step(model, loss_fn),
+  eval_model = model.clone(kernels_standardized=True)  # Standardized once per evaluation.
+  eval_step = jax.jit(train_step_lib.make_eval_step(eval_model, loss_fn),
                       in_shardings=(replicated, sharded), out_shardings=replicated)
 
   train_batches = input_pipeline.train_iterator(
@@ -97,8 +98,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def evaluate(step):
     sums = None
+    _, eval_params = models.for_inference(model, state.params)
     for batch in eval_batches:
-      counts = eval_step(state.params, batch)
+      counts = eval_step(eval_params, batch)
       sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
     sums = jax.device_get(sums)
     results = {f"eval/{k}": float(sums[k] / sums["count"]) for k in ("top1", "top5", "loss")}

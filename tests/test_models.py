@@ -158,3 +158,22 @@ def test_bfloat16_compute_stays_close_and_keeps_float32_params():
   a, b = np.asarray(out16["pre_logits"]), np.asarray(out32["pre_logits"])
   # bf16 keeps ~3 significant digits; through 14 layers that is a few percent overall.
   assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05
+
+
+def test_for_inference_standardizes_once_and_keeps_the_outputs():
+  model = models.get_model("tiny-R14", num_classes=5)
+  images = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  params = model.init(jax.random.key(2), images)["params"]
+  served_model, served = models.for_inference(model, params)
+  assert served_model.kernels_standardized
+  kernel = np.asarray(served["block1"]["unit01"]["b"]["standardized_conv2d"]["kernel"])
+  columns = kernel.reshape(-1, kernel.shape[-1])
+  np.testing.assert_allclose(columns.mean(0), 0, atol=1e-6)
+  np.testing.assert_allclose(columns.std(0), 1, rtol=1e-4)
+  np.testing.assert_array_equal(served["head"]["conv2d"]["kernel"],
+                                params["head"]["conv2d"]["kernel"])
+  _, expected = model.apply({"params": params}, images)
+  _, out = served_model.apply({"params": served}, images)
+  np.testing.assert_allclose(out["pre_logits"], expected["pre_logits"], rtol=1e-5, atol=1e-5)
+  # Already standardized: nothing is standardized twice.
+  assert models.for_inference(served_model, served) == (served_model, served)

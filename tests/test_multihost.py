@@ -1,4 +1,4 @@
-"""Two JAX processes on localhost train exactly as one process does.
+"""Two JAX processes on localhost train exactly as one process does, and stop together.
 
 Each process (tests/multihost_worker.py) joins `jax.distributed` with 2 CPU devices and gloo
 collectives; the global batch is sharded over all 4 devices, each process feeding only its
@@ -81,3 +81,62 @@ def test_two_processes_train_like_one(tmp_path):
   # defect).
   moved = [k for k in flat if not np.allclose(flat[k], initial[k])]
   assert "block1/unit01/a/standardized_conv2d/kernel" in moved
+
+
+# Each process runs the real training loop (`train.train_and_evaluate` on the demo data);
+# process 1 alone gets SIGTERM while its third batch is drawn.
+_PREEMPTED_PROCESS = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+import input_pipeline
+from bit_jax import train
+from configs import demo
+
+process_id = {process_id}
+original_iterator = input_pipeline.train_iterator
+
+def iterator_that_is_preempted(*args, **kwargs):
+  for i, batch in enumerate(original_iterator(*args, **kwargs), start=1):
+    if process_id == 1 and i == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield batch
+
+train.input_pipeline.train_iterator = iterator_that_is_preempted
+config = demo.get_config()
+config.update(dict(total_steps=1000, batch_size=16, shuffle_buffer=64, log_every_steps=1,
+                   eval_every_steps=1000, checkpoint_every_steps=1000,
+                   preemption_check_every_steps=2, coordinator_address="localhost:{port}",
+                   num_processes=2, process_id=process_id))
+train.train_and_evaluate(config, {workdir!r})
+"""
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port, workdir = _free_port(), str(tmp_path / "workdir")  # One workdir: a shared file system.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _PREEMPTED_PROCESS.format(
+          root=root, process_id=i, port=port, workdir=workdir)],
+      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(NUM_PROCESSES)]
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=3 * TIMEOUT_S)[1])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+  # SIGTERM during step 3 of process 1; the hosts compare flags at steps 2, 4, ...: both
+  # stop after step 4, the one checkpoint is step 4, and nothing is exported.
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
+  for log in logs:
+    assert "SIGTERM received: saved step 4" in log
+  assert not os.path.exists(os.path.join(workdir, "params.npz"))

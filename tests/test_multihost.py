@@ -39,11 +39,12 @@ def _start_processes(tmp_path):
   return procs, outs
 
 
-def _wait(procs, outs):
+def _finish(procs, timeout_s=TIMEOUT_S) -> list[str]:
+  """Each process's output, once all have exited; fails if one did not exit cleanly."""
   logs = []
   try:
     for p in procs:
-      logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+      logs.append(p.communicate(timeout=timeout_s)[0])
   finally:
     for p in procs:
       if p.poll() is None:
@@ -51,6 +52,11 @@ def _wait(procs, outs):
         p.wait()
   for i, p in enumerate(procs):
     assert p.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+  return logs
+
+
+def _wait(procs, outs):
+  _finish(procs)
   return [dict(np.load(out)) for out in outs]
 
 
@@ -121,19 +127,9 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
   procs = [subprocess.Popen(
       [sys.executable, "-c", _PREEMPTED_PROCESS.format(
           root=root, process_id=i, port=port, workdir=workdir)],
-      cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(NUM_PROCESSES)]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=3 * TIMEOUT_S)[1])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  for i, p in enumerate(procs):
-    assert p.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+  logs = _finish(procs, timeout_s=3 * TIMEOUT_S)
   # SIGTERM during step 3 of process 1; the hosts compare flags at steps 2, 4, ...: both
   # stop after step 4, the one checkpoint is step 4, and nothing is exported.
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]

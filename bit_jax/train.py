@@ -43,7 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   model = models.get_model(config.model, num_classes=config.num_classes,
-                           dtype=DTYPES[config.dtype])
+                           dtype=DTYPES[config.dtype], remat=config.remat)
   num_train = config.num_train_examples or input_pipeline.num_examples(
       config.dataset, config.train_split, data_dir=config.data_dir)
   steps_per_epoch = num_train / config.batch_size

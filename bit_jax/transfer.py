@@ -38,7 +38,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     raise UserError(f"{config.dataset} does not say how many classes it has; "
                     "set --config.num_classes")
   model = models.get_model(config.model, num_classes=num_classes,
-                           dtype=train.DTYPES[config.dtype])
+                           dtype=train.DTYPES[config.dtype], remat=config.remat)
   pretrained_params = load_init(config.init, model)
   train_labels = derived.read_labels(source, config.train_split)
   num_train = config.num_train_examples or len(train_labels)

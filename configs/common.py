@@ -42,6 +42,7 @@ def upstream_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 4096  # Global batch, over all devices of all hosts.
   c.accum_steps = 1  # Micro-batches per step: same result, 1/accum_steps the memory.
+  c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
   c.eval_batch_size = 1024  # Global eval batch; the tail is padded and masked.
   c.lr_per_256 = 0.03  # Linear scaling rule: lr = 0.03 x batch / 256.
   c.schedule = "paper"  # paper: warmup then /10 at decay_epochs; cosine: the modern variant.

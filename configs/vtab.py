@@ -38,6 +38,7 @@ def get_config(arg=None):
   c.base_lr = 0.003  # HyperRule: SGD momentum 0.9, no weight decay.
   c.batch_size = 512
   c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
+  c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
   c.eval_batch_size = 256  # The test split is evaluated in full: padded and masked.
   c.total_steps = 0  # 0: the HyperRule's 500; else its schedule rescaled (CPU runs, tests).
   c.mixup_alpha = -1.0  # -1: the HyperRule's, which is none below 20k examples.

@@ -24,11 +24,17 @@ def _tiny(**overrides):
   return config
 
 
-def test_end_to_end_on_mock_data(tmp_path):
+def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
+  # With the memory savers on (as for R152x4 at 384 px): micro-batches and rematerialisation.
   config = _tiny(shots=(0, 1), seeds=(3,), linear_eval=("ridge,ncm", "logistic"),
-                 linear_shots=(1,))
+                 linear_shots=(1,), accum_steps=2, remat=True)
+  built = []
+  get_model = models.get_model
+  monkeypatch.setattr(models, "get_model", lambda *a, **k: built.append(get_model(*a, **k))
+                      or built[-1])
   with tfds.testing.mock_data(num_examples=60):
     results = transfer.finetune_and_evaluate(config, str(tmp_path))
+  assert built and all(model.remat for model in built)
   runs = results["runs"]
   finetunes = [r for r in runs if r["evaluation"] == "finetune"]
   assert [(r["shots"], r["seed"], r["init"]) for r in finetunes] == [

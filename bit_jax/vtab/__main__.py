@@ -73,7 +73,8 @@ def run_config(args: argparse.Namespace):
     config.sweep_lrs = _numbers(args.sweep_lrs, "--sweep_lrs", float)
   if args.sweep_steps:
     config.sweep_steps = _numbers(args.sweep_steps, "--sweep_steps")
-  for field in ("total_steps", "batch_size", "eval_batch_size", "accum_steps", "dtype"):
+  for field in ("total_steps", "batch_size", "eval_batch_size", "accum_steps", "remat",
+                "dtype"):
     if getattr(args, field) is not None:
       config[field] = getattr(args, field)
   return config
@@ -136,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
   running.add_argument("--batch_size", type=int)
   running.add_argument("--eval_batch_size", type=int)
   running.add_argument("--accum_steps", type=int, help="micro-batches per step; same result")
+  running.add_argument("--remat", action="store_true", default=None,
+                       help="recompute each unit in the backward pass: less memory")
   running.add_argument("--dtype", help="float32 or bfloat16 compute")
   running.add_argument("--sweep_lrs", default="", help="sweep: e.g. 0.01,0.1")
   running.add_argument("--sweep_steps", default="", help="sweep: e.g. 2500,10000")

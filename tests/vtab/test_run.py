@@ -288,5 +288,15 @@ def test_a_workdir_of_other_settings_is_refused(fake_run, tmp_path, capsys):
                         "(batch_size 8 -> 16); rerun with the same ones") and "\n" not in err
 
 
+def test_run_flags_reach_the_config():
+  base = ["run", "--model=tiny-R14", "--init=", "--workdir=w"]
+  default = cli.run_config(cli.parser().parse_args(base))
+  assert (default.remat, default.accum_steps, default.dtype) == (False, 1, "float32")
+  memory_savers = cli.run_config(cli.parser().parse_args(
+      base + ["--remat", "--accum_steps=32", "--dtype=bfloat16"]))
+  assert (memory_savers.remat, memory_savers.accum_steps, memory_savers.dtype) == (
+      True, 32, "bfloat16")
+
+
 if __name__ == "__main__":
   main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""Fields every upstream config shares, and `file.py:key=value,...` argument parsing."""
+"""Fields the upstream configs share, those transfer and VTAB share, and argument parsing."""
 
 from __future__ import annotations
 
@@ -69,6 +69,20 @@ def upstream_config() -> ml_collections.ConfigDict:
   c.coordinator_address = ""  # Multi-host outside TPU/SLURM: host:port of process 0,
   c.num_processes = 0  # the number of processes,
   c.process_id = 0  # and this one's index.
+  return c
+
+
+def add_hyperrule_finetuning(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The BiT-HyperRule fine-tuning fields of configs/transfer.py and configs/vtab.py."""
+  c.hyperrule_variant = "paper"  # paper: (448, 384) for large images; release: (512, 480).
+  c.dtype = "float32"  # Compute dtype; parameters stay float32.
+  c.base_lr = 0.003  # HyperRule: SGD momentum 0.9, no weight decay.
+  c.batch_size = 512
+  c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
+  c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
+  c.eval_batch_size = 256  # The test split is evaluated in full: padded and masked.
+  c.total_steps = 0  # 0: the HyperRule's; else its schedule rescaled to this many steps.
+  c.mixup_alpha = -1.0  # -1: the HyperRule's (0 below 20k examples, else 0.1).
   return c
 
 

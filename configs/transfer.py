@@ -38,16 +38,7 @@ def get_config(arg=None):
   c.num_train_examples = 0  # 0: counted. Sets the HyperRule's schedule and MixUp.
   c.image_size = ()  # (h, w) for the HyperRule when metadata has none (mock data).
   c.resolution = ()  # (resize, crop) to override the HyperRule's.
-  c.hyperrule_variant = "paper"  # paper: (448, 384) for large images; release: (512, 480).
-  c.dtype = "float32"  # Compute dtype; parameters stay float32.
-
-  c.base_lr = 0.003  # HyperRule: SGD momentum 0.9, no weight decay.
-  c.batch_size = 512
-  c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
-  c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
-  c.eval_batch_size = 256
-  c.total_steps = 0  # 0: the HyperRule's; else its schedule rescaled to this many steps.
-  c.mixup_alpha = -1.0  # -1: the HyperRule's (0 below 20k examples, else 0.1).
+  common.add_hyperrule_finetuning(c)
   c.shuffle_buffer = 10_000
   c.log_every_steps = 50
 

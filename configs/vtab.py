@@ -11,10 +11,13 @@ the whole test split, and writes /tmp/vtab/results.json and /tmp/vtab/report/. T
 train800, keeps the best top-1 on val200 and retrains it on train800val200.
 
 `python -m bit_jax.vtab run` builds its config here and sets the fields its flags name; every
-field `finetune.make_plan` and `finetune.finetune` read is here.
+field `finetune.make_plan` and `finetune.finetune` read is here or in
+`common.add_hyperrule_finetuning`.
 """
 
 import ml_collections
+
+from configs import common
 
 # The VTAB study's lightweight sweep (Zhai et al. 2019), the "4 HPs" the BiT paper's Fig. 3
 # compares BiT-HyperRule with: values recalled, not confirmed against a stored copy; flags.
@@ -32,16 +35,7 @@ def get_config(arg=None):
   c.seeds = (0,)  # One fine-tuning per seed and task: data order (and init from scratch).
   c.data_dir = None  # TFDS data_dir holding the prepared datasets; None is TFDS's default.
   c.resolution = ()  # (resize, crop); () picks the HyperRule's from the task's image size.
-  c.hyperrule_variant = "paper"  # paper: (448, 384) for large images; release: (512, 480).
-  c.dtype = "float32"  # Compute dtype; parameters stay float32.
-
-  c.base_lr = 0.003  # HyperRule: SGD momentum 0.9, no weight decay.
-  c.batch_size = 512
-  c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
-  c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
-  c.eval_batch_size = 256  # The test split is evaluated in full: padded and masked.
-  c.total_steps = 0  # 0: the HyperRule's 500; else its schedule rescaled (CPU runs, tests).
-  c.mixup_alpha = -1.0  # -1: the HyperRule's, which is none below 20k examples.
+  common.add_hyperrule_finetuning(c)  # VTAB-1k: 500 steps, no MixUp (1000 examples).
   c.shuffle_buffer = 1000  # Holds all of train800val200.
   c.log_every_steps = 100
 

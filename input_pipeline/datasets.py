@@ -130,8 +130,7 @@ def _prepared_builder(name: str, data_dir, download: bool):
   if builder.is_prepared():
     return builder
   if builder.name in embedded.BUILDERS:
-    _prepare_embedded(builder)
-    return builder
+    return _prepare_embedded(builder, name, data_dir)
   if not download:
     raise InputError(
         f"TFDS dataset {name} is not prepared in {builder.data_dir_root}; run "
@@ -146,14 +145,21 @@ def _prepared_builder(name: str, data_dir, download: bool):
   return builder
 
 
-def _prepare_embedded(builder):
-  """Offline. TFDS writes into incomplete.* and renames it on success."""
+def _prepare_embedded(builder, name: str, data_dir):
+  """Offline; returns the prepared builder. TFDS writes into incomplete.* and renames it on
+  success, so when several processes (the hosts of one run) prepare the same data at once,
+  all but the first rename fail: they use what the first one wrote.
+  """
   top = os.path.join(builder.data_dir_root, builder.name)
   existed = os.path.exists(top)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         try_download_gcs=False))
+    return builder
   except Exception as e:  # pylint: disable=broad-except
+    prepared_meanwhile = tfds.builder(name, data_dir=data_dir)
+    if prepared_meanwhile.is_prepared():
+      return prepared_meanwhile
     # TFDS removed its incomplete.* folder; remove the empty parents too.
     if not existed and not any(files for _, _, files in os.walk(top)):
       shutil.rmtree(top, ignore_errors=True)

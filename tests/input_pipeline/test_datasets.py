@@ -60,6 +60,24 @@ def test_embedded_names_resolve_to_prepared_sources(digits, tfds_dir):
   assert digits.num_examples("train", 1, 2) == 648  # 1297 = 649 + 648.
 
 
+def test_embedded_data_another_process_prepared_meanwhile_is_used(tmp_path, monkeypatch):
+  # The hosts of one run prepare the same embedded data at once: TFDS renames each one's
+  # incomplete.* folder into place, and every rename after the first fails.
+  data_dir = str(tmp_path)
+  prepare = tfds.core.DatasetBuilder.download_and_prepare
+
+  def another_process_wins_the_rename(self, *args, **kwargs):
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare)
+    tfds.builder(self.name, data_dir=data_dir).download_and_prepare(*args, **kwargs)
+    raise OSError(f"Cannot rename {data_dir}/{self.name}/incomplete.ABC_1.0.0. "
+                  f"Destination {data_dir}/{self.name}/1.0.0 already exists.")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      another_process_wins_the_rename)
+  source = ip.get_source("bit_digits", data_dir)
+  assert ip.num_examples(source, "train") > 0
+
+
 def test_folder_prefix_resolves_to_an_image_folder(tmp_path, write_folder):
   root = write_folder(tmp_path, {"cat": 2, "dog": 1})
   source = ip.get_source(f"folder:{root}")

@@ -300,7 +300,25 @@ class RootBlock(nn.Module):
     x = StdConv(self.width, 7, 2, dtype=self.dtype, kernel_standardized=self.kernels_standardized,
                 name="standardized_conv2d")(x)
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool_3x3_stride_2(x)
+
+
+def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
+  """3x3 max-pool with stride 2 over NHWC `x` (no padding added), in two separable passes.
+
+  The maximum over each row's three columns, then over three rows, each as
+  `where(a >= b, a, b)`: the 3x3 window's maximum, and the gradient goes to its first
+  maximum in row-major order as XLA's select-and-scatter (`nn.max_pool`) sends it.
+  XLA:CPU ran that select-and-scatter backward 9x slower (36 vs 4 ms on R50x1's stem
+  output at 128 px, batch 8).
+  """
+  # NaN wins, as in a max.
+  first_max = lambda a, b: jnp.where((a >= b) | jnp.isnan(a), a, b)
+  def pool(x, axis):
+    out = (x.shape[axis] - 3) // 2 + 1
+    taps = [jax.lax.slice_in_dim(x, i, i + 2 * (out - 1) + 1, 2, axis) for i in range(3)]
+    return first_max(first_max(taps[0], taps[1]), taps[2])
+  return pool(pool(x, 2), 1)
 
 
 class Head(nn.Module):

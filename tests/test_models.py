@@ -1,4 +1,5 @@
 """The BiT ResNet-v2: shapes, sizes, and numerics against an independent numpy reference."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +145,22 @@ def test_group_norm_epsilon_is_pinned():
   ours = np.asarray(models.GroupNorm().apply({"params": params}, x.astype(np.float32)))
   np.testing.assert_allclose(ours, ref.group_norm(x, gamma, beta), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.std(ours), 1 / np.sqrt(2), rtol=1e-3)
+
+
+def test_max_pool_matches_reduce_window_values_and_gradients():
+  rng = np.random.default_rng(9)
+  x = rng.normal(size=(2, 9, 12, 5)).astype(np.float32)
+  x[0, 2:5, 2:6, 0] = 1.5          # ties inside and across windows
+  x[1, :, :, 1] = 0.0              # a constant channel: every window is one tie
+  x = jnp.asarray(x)
+  reduce_window = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  expected, expected_vjp = jax.vjp(reduce_window, x)
+  ours, ours_vjp = jax.vjp(models.max_pool_3x3_stride_2, x)
+  np.testing.assert_array_equal(ours, expected)
+  grad = jnp.asarray(rng.normal(size=expected.shape), jnp.float32)
+  # The same element of each window gets the gradient; sums of overlaps may round apart.
+  np.testing.assert_allclose(ours_vjp(grad)[0], expected_vjp(grad)[0], rtol=0, atol=1e-6)
+  assert bool(jnp.isnan(models.max_pool_3x3_stride_2(x.at[0, 0, 0, 0].set(jnp.nan))[0, 0, 0, 0]))
 
 
 def test_bfloat16_compute_stays_close_and_keeps_float32_params():

@@ -138,13 +138,50 @@ def test_weight_standardization_epsilon_is_pinned():
 def test_group_norm_epsilon_is_pinned():
   # Group variance 1e-5: eps 1e-5 gives std 1/sqrt(2); eps 1e-6 or 1e-3 would not.
   # Channels alternate +-1, so each 2-channel group has mean 0 and variance exactly 1e-5.
+  # A beta of 10 keeps every output positive, so the ReLU passes it unchanged.
   signs = np.where(np.arange(64) % 2 == 0, 1.0, -1.0)
   x = np.broadcast_to(signs, (1, 4, 4, 64)) * np.sqrt(1e-5)
-  gamma, beta = np.ones(64), np.zeros(64)
+  gamma, beta = np.ones(64), np.full(64, 10.0)
   params = {"gamma": gamma, "beta": beta}
-  ours = np.asarray(models.GroupNorm().apply({"params": params}, x.astype(np.float32)))
+  ours = np.asarray(models.GroupNormReLU().apply({"params": params}, x.astype(np.float32)))
   np.testing.assert_allclose(ours, ref.group_norm(x, gamma, beta), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.std(ours), 1 / np.sqrt(2), rtol=1e-3)
+
+
+def _group_norm_relu_by_autodiff(x, gamma, beta):
+  """The textbook GroupNorm + ReLU, for jax.vjp to differentiate: grouped 5-D statistics."""
+  n, h, w, c = x.shape
+  grouped = x.reshape(n, h, w, models.GROUPS, c // models.GROUPS)
+  mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
+  var = jnp.square(grouped - mean).mean(axis=(1, 2, 4), keepdims=True)
+  x_hat = ((grouped - mean) * jax.lax.rsqrt(var + models.GN_EPSILON)).reshape(x.shape)
+  return jax.nn.relu(x_hat * gamma + beta)
+
+
+@pytest.mark.parametrize("spread,offset", [(2.0, 1.0), (0.5, -3.0)])
+def test_group_norm_relu_gradient_matches_autodiff(spread, offset):
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(offset, spread, (3, 5, 6, 64)), jnp.float32)
+  gamma = jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32)
+  beta = jnp.asarray(rng.normal(size=64), jnp.float32)
+  grad = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  expected, expected_vjp = jax.vjp(_group_norm_relu_by_autodiff, x, gamma, beta)
+  ours, ours_vjp = jax.vjp(models.group_norm_relu, x, gamma, beta)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  assert 0.2 < float(jnp.mean(ours > 0)) < 0.8  # The ReLU's mask is part of the test.
+  for name, a, b in zip(("x", "gamma", "beta"), ours_vjp(grad), expected_vjp(grad)):
+    scale = float(jnp.max(jnp.abs(b)))
+    assert float(jnp.max(jnp.abs(a - b))) < 1e-5 * scale, name
+
+
+def test_group_norm_relu_keeps_bfloat16_activations_in_bfloat16():
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 4, 4, 32)), jnp.bfloat16)
+  gamma, beta = jnp.ones(32), jnp.zeros(32)
+  y, vjp = jax.vjp(models.group_norm_relu, x, gamma, beta)
+  dx, dgamma, _ = vjp(jnp.ones_like(y))
+  assert y.dtype == dx.dtype == jnp.bfloat16 and dgamma.dtype == jnp.float32
+  expected = _group_norm_relu_by_autodiff(x.astype(jnp.float32), gamma, beta)
+  np.testing.assert_allclose(y.astype(jnp.float32), expected, atol=0.05)
 
 
 def test_max_pool_matches_reduce_window_values_and_gradients():

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bit_jax import convolution
 from bit_jax.errors import UserError
 
 GROUPS = 32  # GroupNorm groups throughout, as in BiT.
@@ -116,8 +117,7 @@ class StdConv(nn.Module):
   """Bias-free convolution with a weight-standardized kernel.
 
   With `kernel_standardized=True` the `kernel` parameter is taken as already standardized
-  (see `standardize_kernels`). 1x1 convolutions are matrix products: XLA:CPU runs them, and
-  their kernel gradients, faster as dots than as convolutions.
+  (see `standardize_kernels`). `convolution.conv2d` picks how it is computed.
   """
   features: int
   kernel_size: int
@@ -133,15 +133,8 @@ class StdConv(nn.Module):
         (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
     if not self.kernel_standardized:
       kernel = weight_standardize(kernel)
-    kernel = kernel.astype(self.dtype)
-    x = x.astype(self.dtype)
-    if self.kernel_size == 1 and self.padding == "VALID":
-      x = x[:, ::self.strides, ::self.strides, :]
-      n, h, w, c = x.shape
-      return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, self.features)
-    return jax.lax.conv_general_dilated(
-        x, kernel, (self.strides, self.strides), self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return convolution.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                              self.strides, self.padding)
 
 
 class GroupNormReLU(nn.Module):

@@ -23,7 +23,7 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import checkpointing, distributed, losses, models, npz, optim
+from bit_jax import checkpointing, distributed, host_allocator, losses, models, npz, optim
 from bit_jax import train_step as train_step_lib
 from bit_jax.errors import UserError
 
@@ -41,6 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check_config(config)
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  host_allocator.log_advice(jax.default_backend())
 
   model = models.get_model(config.model, num_classes=config.num_classes,
                            dtype=DTYPES[config.dtype], remat=config.remat)

@@ -22,7 +22,8 @@ from clu import metric_writers
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import export, fewshot, finetune, linear_eval, models, pretrained, train
+from bit_jax import export, fewshot, finetune, host_allocator, linear_eval, models
+from bit_jax import pretrained, train
 from bit_jax.errors import UserError
 
 RESULTS_NAME = "results.json"
@@ -32,6 +33,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   """Runs every evaluation `config` asks for; returns what results.json holds."""
   methods = _linear_methods(config.linear_eval)
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  host_allocator.log_advice(jax.default_backend())
   source = input_pipeline.get_source(config.dataset, config.data_dir)
   num_classes = config.num_classes or source.num_classes
   if not num_classes:

@@ -26,7 +26,7 @@ def test_throughput_prints_speed_flops_utilisation_and_memory(capsys):
   fields = _printed_fields(capsys.readouterr().out)
   for key in ("train_ours_images_per_s_per_device", "infer_ours_images_per_s_per_device",
               "train_gflops_per_image", "train_utilisation", "train_memory_peak_gib",
-              "infer_memory_temp_gib", "peak_tflops_per_device", "device"):
+              "infer_memory_temp_gib", "peak_tflops_per_device", "device", "allocator"):
     assert key in fields, key
   assert results["train_ours_images_per_s_per_device"] > 0
   # Training costs about 3 forward passes, plus the per-step work on the parameters (weight

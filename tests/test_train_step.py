@@ -1,4 +1,6 @@
 """The train step: data parallelism and gradient accumulation change nothing but speed."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,17 +27,26 @@ def _state(optimizer):
   return train_step_lib.create_train_state(params, optimizer)
 
 
-def _run(devices, batch, accum_steps=1, state=None):
-  """One jitted update on `devices`, from `state` (default: the initial state)."""
-  schedule = lambda step: 0.1
-  optimizer = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(schedule))
-  step_fn = train_step_lib.make_train_step(MODEL, optimizer, losses.softmax_xent, schedule,
+SCHEDULE = lambda step: 0.1
+OPTIMIZER = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(SCHEDULE))
+
+
+@functools.cache
+def _jitted_step(num_devices, accum_steps):
+  """The jitted train step over the first `num_devices` devices; compiled once per test run."""
+  step_fn = train_step_lib.make_train_step(MODEL, OPTIMIZER, losses.softmax_xent, SCHEDULE,
                                            accum_steps=accum_steps)
-  mesh = Mesh(np.array(devices), ("data",))
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   jitted = jax.jit(step_fn, in_shardings=(replicated, sharded),
                    out_shardings=(replicated, replicated), donate_argnums=0)
-  state = jax.device_put(_state(optimizer) if state is None else state, replicated)
+  return jitted, replicated, sharded
+
+
+def _run(num_devices, batch, accum_steps=1, state=None):
+  """One jitted update on `num_devices` devices, from `state` (default: the initial state)."""
+  jitted, replicated, sharded = _jitted_step(num_devices, accum_steps)
+  state = jax.device_put(_state(OPTIMIZER) if state is None else state, replicated)
   return jitted(state, jax.device_put(batch, sharded))
 
 
@@ -45,7 +56,7 @@ def _starts(batch):
   their own, float rounding can flip a ReLU between them, which moves a gradient by far
   more than rounding.
   """
-  return [None, jax.device_get(_run(jax.devices()[:1], batch)[0])]
+  return [None, jax.device_get(_run(1, batch)[0])]
 
 
 def _assert_trees_close(a, b, rtol):
@@ -63,8 +74,8 @@ def test_eight_devices_give_the_same_update_as_one():
   assert jax.device_count() == 8
   batch = _batch(16)
   for start, steps in zip(_starts(batch), (1, 2)):
-    one, metrics_one = _run(jax.devices()[:1], batch, state=start)
-    eight, metrics_eight = _run(jax.devices(), batch, state=start)
+    one, metrics_one = _run(1, batch, state=start)
+    eight, metrics_eight = _run(8, batch, state=start)
     assert int(eight.step) == steps
     np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-4)
     _assert_trees_close(one.params, eight.params, rtol=1e-4)
@@ -77,8 +88,8 @@ def test_eight_devices_give_the_same_update_as_one():
 def test_accumulating_k_micro_batches_equals_one_big_batch(devices):
   batch = _batch(16, seed=3)
   for start in _starts(batch):
-    full, metrics_full = _run(jax.devices()[:devices], batch, state=start)
-    accumulated, metrics_acc = _run(jax.devices()[:devices], batch, accum_steps=2,
+    full, metrics_full = _run(devices, batch, state=start)
+    accumulated, metrics_acc = _run(devices, batch, accum_steps=2,
                                     state=start)
     np.testing.assert_allclose(metrics_full["loss"], metrics_acc["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics_full["grad_norm"], metrics_acc["grad_norm"],

@@ -18,7 +18,8 @@ same cross-correlation to float32 rounding, which tests/test_convolution.py chec
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ IM2COL_MAX_ROWS_PER_FEATURE = 2
 # tiles of 64 channels) 6.5 -> 3.7 ms forward, 12.7 -> 9.4 forward + backward; block2
 # (512 tiles) loses, its products being too small.
 WINOGRAD_MIN_TILES = 2048
+_cpu_algorithms = True  # See `xla_convolution_everywhere`.
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int, padding: Any) -> jax.Array:
@@ -41,10 +43,22 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int, padding: Any) -> jax.A
     n, h, w, c = x.shape
     return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
   convolve = lambda x, kernel: xla_conv2d(x, kernel, strides, padding)
-  on_cpu = cpu_algorithm(x.shape, kernel.shape, strides, padding)
-  if on_cpu is None:
+  on_cpu = _cpu_algorithms and cpu_algorithm(x.shape, kernel.shape, strides, padding)
+  if not on_cpu:
     return convolve(x, kernel)
   return jax.lax.platform_dependent(x, kernel, cpu=on_cpu, default=convolve)
+
+
+@contextlib.contextmanager
+def xla_convolution_everywhere() -> Iterator[None]:
+  """Within it, `conv2d` traces to XLA's convolution on CPU too: what an accelerator runs,
+  for compiling an accelerator's program with the CPU compiler (benchmarks/memory.py)."""
+  global _cpu_algorithms
+  previous, _cpu_algorithms = _cpu_algorithms, False
+  try:
+    yield
+  finally:
+    _cpu_algorithms = previous
 
 
 def cpu_algorithm(x_shape, kernel_shape, strides: int, padding: Any

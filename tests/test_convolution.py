@@ -104,6 +104,12 @@ def test_only_cpu_replaces_the_convolution(x_shape):
     assert _lowered_ops(accelerator, x_shape, x_shape[-1]) == (True, False), accelerator
 
 
+def test_cpu_can_trace_what_accelerators_run():
+  with convolution.xla_convolution_everywhere():
+    assert _lowered_ops("cpu", (8, 32, 32, 64), 64) == (True, False)
+  assert _lowered_ops("cpu", (8, 32, 32, 64), 64) == (False, True)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
 def test_each_algorithm_runs_on_a_batch_sharded_over_8_devices(algorithm):
   # train.py's mesh has explicit axes: reshapes and products must keep the batch shardable.

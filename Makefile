@@ -5,7 +5,8 @@ PYTHON := $(VENV)/bin/python
 # XLA:CPU page-faults each step's temporary buffers in again on glibc's malloc (up to a
 # quarter of a CPU train step; bit_jax/host_allocator.py); tcmalloc keeps them mapped.
 # Preloaded when installed (Debian/Ubuntu: libtcmalloc-minimal4); optional.
-TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 \
+                                    /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) )$(PYTHON)
 
 .PHONY: demo test

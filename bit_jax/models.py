@@ -198,9 +198,8 @@ def _group_norm_relu_bwd(groups, epsilon, residuals, grad):
   # Through x_hat = (x - mean) * inv_std, whose mean and std are over each group's
   # m elements: dx = inv_std * (g - mean_group(g) - x_hat * mean_group(g * x_hat)), g = gamma d.
   m = x32.size // (n * groups)
-  group_mean = lambda v: jnp.broadcast_to(
-      jnp.sum(v.reshape(n, groups, -1), axis=-1, keepdims=True) / m,
-      (n, groups, channels // groups)).reshape(n, channels)
+  group_mean = lambda v: _group_to_channels(
+      jnp.sum(v.reshape(n, groups, -1), axis=-1, keepdims=True) / m, channels)
   mean_g = group_mean(gamma * sum_d)
   mean_g_x_hat = group_mean(gamma * sum_d_x_hat)
   dx = (_per_pixel(scale) * d
@@ -233,9 +232,14 @@ def _group_statistics(x: jax.Array, groups: int, epsilon: float):
   group_var = jnp.mean(grouped(channel_var)
                        + jnp.square(grouped(channel_mean) - group_mean), axis=-1, keepdims=True)
   inv_std = jax.lax.rsqrt(group_var + epsilon)
-  per_channel = lambda v: jnp.broadcast_to(
-      v, (n, groups, channels // groups)).reshape(n, channels)
-  return per_channel(group_mean), per_channel(inv_std)
+  return _group_to_channels(group_mean, channels), _group_to_channels(inv_std, channels)
+
+
+def _group_to_channels(v: jax.Array, channels: int) -> jax.Array:
+  """A per-(example, group) value, shape (N, G, 1), repeated for each of the group's
+  channels: shape (N, C)."""
+  n, groups = v.shape[:2]
+  return jnp.broadcast_to(v, (n, groups, channels // groups)).reshape(n, channels)
 
 
 class NormConv(nn.Module):

@@ -4,6 +4,10 @@ Each checkpoint holds the train state; the input stream's position is the state'
 `input_pipeline.train_iterator(start_step=step)` replays exactly the batches an uninterrupted
 run would see next. Saves are asynchronous and atomic (orbax writes a temporary directory and
 renames it), so a killed run leaves the previous checkpoint intact.
+
+A `train.py` workdir holds `checkpoints/<step>/` and, once finished, `params.npz` (the
+official layout). Upstream training starts from `restore_or_initialize`; fine-tuning from
+`load_init` (an official .npz, or such a workdir, read through `read_params`).
 """
 
 from __future__ import annotations
@@ -15,27 +19,42 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from bit_jax import models, pretrained
+from bit_jax import models, pretrained, zoo
 from bit_jax.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"  # <workdir>/checkpoints/<step>: a train.py run's checkpoints.
+EXPORT_NAME = "params.npz"  # <workdir>/params.npz: a finished train.py run's parameters.
 
 
 class Checkpointer:
-  """Asynchronous, keep-N checkpoints; the caller decides when to save."""
+  """Asynchronous, keep-N checkpoints; the caller decides when to save.
 
-  def __init__(self, directory: str, *, keep: int, use_async: bool = True):
+  `keep=None` keeps every checkpoint; `read_only` only reads (and creates no directory).
+  """
+
+  def __init__(self, directory: str, *, keep: int | None = None, use_async: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                             enable_async_checkpointing=use_async))
+    if read_only:  # Orbax warns about (and overrides) any option that would write.
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=use_async)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
   def save(self, step: int, state: Any) -> None:
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+  def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
+    """Checkpoint `step` (default: the latest), as `abstract_state`'s shapes, dtypes and
+    shardings; without it, as saved (a dict tree)."""
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
@@ -47,30 +66,74 @@ class Checkpointer:
 
 
 def restore_or_initialize(checkpointer: Checkpointer, abstract_state: Any,
-                          init_state: Callable[[Any], Any], model: models.ResNetV2,
-                          config: Any) -> tuple[Any, str]:
+                          init_state: Callable[[Any], Any], model: models.ResNetV2, *,
+                          resume: str, init: str) -> tuple[Any, str]:
   """The state a run starts from, and a line saying where it came from.
 
-  Order: a checkpoint in the workdir (this run, resumed) -> `config.resume` (another run's
-  checkpoint directory) -> `config.init` (parameters from an official .npz; optimizer fresh)
-  -> from scratch. `init_state(params_or_None)` builds a fresh state.
+  Order: a checkpoint in the workdir (this run, resumed) -> `resume` (another run's
+  checkpoint directory, `config.resume`) -> `init` (parameters from an official .npz,
+  `config.init`; optimizer fresh) -> from scratch. `init_state(params_or_None)` builds a
+  fresh state.
   """
   if checkpointer.latest_step() is not None:
     step = checkpointer.latest_step()
     return checkpointer.restore(abstract_state), f"resumed from step {step} in this workdir"
-  if config.get("resume"):
-    other = Checkpointer(config.resume, keep=1, use_async=False)
+  if resume:
+    other = Checkpointer(resume, read_only=True)
     if other.latest_step() is None:
-      raise UserError(f"config.resume={config.resume!r} holds no checkpoint; expected a "
+      raise UserError(f"config.resume={resume!r} holds no checkpoint; expected a "
                       "directory of step folders such as <workdir>/checkpoints")
     state = other.restore(abstract_state)
     other.close()
-    return state, f"resumed from step {other.latest_step()} of {config.resume}"
-  if config.get("init"):
-    params, report = pretrained.load(config.init, model)
-    logging.info("Initialised from %s: %s", config.init, report)
-    return init_state(params), f"initialised from {config.init} ({report})"
+    return state, f"resumed from step {other.latest_step()} of {resume}"
+  if init:
+    init = zoo.resolve(init)  # A release name (`BiT-M-R50x1`) is the zoo's cached file.
+    params, report = pretrained.load(init, model)
+    logging.info("Initialised from %s: %s", init, report)
+    return init_state(params), f"initialised from {init} ({report})"
   return init_state(None), "initialised from scratch"
+
+
+def read_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """(params on the host, step) of checkpoint `step` (default: latest) of a train.py run."""
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  if not os.path.isdir(directory):
+    raise UserError(f"{directory} does not exist; expected the workdir of a train.py run")
+  checkpointer = Checkpointer(directory, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    step = checkpointer.latest_step() if step is None else step
+    if step not in steps:
+      raise UserError(f"no checkpoint for step {step} in {directory}; "
+                      f"valid steps: {', '.join(map(str, steps)) or 'none'}")
+    state = checkpointer.restore(step=step)
+  finally:
+    checkpointer.close()
+  return jax.device_get(state["params"]), step
+
+
+def load_init(init: str, model: models.ResNetV2) -> dict[str, Any] | None:
+  """Pretrained params fitted to `model` (head zeroed), or None for from-scratch runs.
+
+  `init` is an official .npz, a release name downloaded by `bit_jax.zoo`, or the workdir of
+  a `train.py` run (its exported params.npz, else its latest checkpoint).
+  """
+  if not init:
+    return None
+  init = zoo.resolve(init)  # A release name (`BiT-M-R50x1`) is the zoo's cached file.
+  if os.path.isdir(init):
+    exported = os.path.join(init, EXPORT_NAME)
+    if os.path.isfile(exported):
+      init = exported
+    else:
+      params, step = read_params(init)
+      params, report = pretrained.fit(params, model, reset_head=True,
+                                      source=f"{init} (step {step})")
+      logging.info("Initialised from %s step %d: %s", init, step, report)
+      return params
+  params, report = pretrained.load(init, model, reset_head=True)
+  logging.info("Initialised from %s: %s", init, report)
+  return params
 
 
 def abstract_of(tree: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Multi-host start-up: `jax.distributed.initialize()` when the environment asks for it.
+"""Multi-host start-up (`jax.distributed.initialize()` when the environment asks for it) and
+the data-parallel mesh every loop runs on.
 
 Every host runs the same command. On a TPU pod slice and under SLURM, JAX finds its peers
 from the environment; elsewhere set `config.coordinator_address`, `config.num_processes` and
@@ -8,7 +9,7 @@ from the environment; elsewhere set `config.coordinator_address`, `config.num_pr
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -34,6 +35,19 @@ def maybe_initialize(config: Any) -> bool:
   logging.info("Process %d of %d, %d local of %d devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """`devices` (default: every device of every host) on one axis, `data`: batches are
+  sharded on it (`P("data")`), the train state is replicated (`P()`).
+
+  The axis is `Auto`: XLA propagates the shardings through the model, which can then be
+  written with plain reshapes (`jax.make_mesh`'s default, `Explicit`, types every
+  intermediate's sharding and refuses reshapes that merge or split a sharded axis's
+  neighbours, e.g. GroupNorm's grouping of channels)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def on_any_process(flag: bool) -> bool:

@@ -59,8 +59,7 @@ def _fail(message: str) -> None:
 
 def run(job: Callable[[], object]) -> None:
   """Runs `job`; bad user input and a diverged run end with one line and a nonzero exit."""
-  from bit_jax.errors import UserError
-  from bit_jax.train import NonFiniteLossError
+  from bit_jax.errors import NonFiniteLossError, UserError
   try:
     job()
   except UserError as e:

@@ -31,13 +31,18 @@ MIN_CROP = 32
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The hyperparameters of one run, after the HyperRule and the config's overrides."""
+  """Every setting of one run, after the HyperRule and the config's overrides: the functions
+  below read nothing else. `make_plan` builds it from a config."""
   resize: int
   crop: int
   schedule: tuple[int, ...]  # [warmup, decay1, decay2, decay3, total] in steps.
   mixup_alpha: float
   base_lr: float
   batch_size: int
+  accum_steps: int  # Micro-batches per step: the same update in less activation memory.
+  eval_batch_size: int
+  shuffle_buffer: int  # Training examples shuffled over, per process.
+  log_every_steps: int  # Also how often a diverged (NaN/Inf) loss is caught.
   # Off for tasks whose label a flip or a crop would change (VTAB's positions, orientations).
   flip: bool = True
   random_crop: bool = True  # Else resize straight to the crop size, as in evaluation.
@@ -55,7 +60,8 @@ class Plan:
 
 
 def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) -> Plan:
-  """The HyperRule for `dataset_size` training examples of `image_hw` images."""
+  """The HyperRule for `dataset_size` training examples of `image_hw` images, with the
+  config's overrides and its other fine-tuning fields."""
   if config.resolution:
     resize, crop = config.resolution
   elif image_hw is None:
@@ -71,39 +77,39 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
   if config.total_steps:  # A shorter run for CPUs and tests: the same shape, rescaled.
     schedule = [max(1, round(s * config.total_steps / schedule[-1])) for s in schedule]
   mixup = hyperrule.get_mixup(dataset_size) if config.mixup_alpha < 0 else config.mixup_alpha
-  return Plan(resize, crop, tuple(schedule), mixup, config.base_lr, config.batch_size)
+  return Plan(resize=resize, crop=crop, schedule=tuple(schedule), mixup_alpha=mixup,
+              base_lr=config.base_lr, batch_size=config.batch_size,
+              accum_steps=config.accum_steps, eval_batch_size=config.eval_batch_size,
+              shuffle_buffer=config.shuffle_buffer, log_every_steps=config.log_every_steps)
 
 
 def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str,
              test_source, test_split: str, num_classes: int, plan: Plan, *, seed: int,
-             config: Any, mesh: jax.sharding.Mesh, cache_train: bool = False
-             ) -> dict[str, Any]:
+             mesh: jax.sharding.Mesh, cache_train: bool = False) -> dict[str, Any]:
   """Fine-tunes `params` by `plan`; returns test top-1, ECE and the example count."""
   params = train(model, params, train_source, train_split, num_classes, plan, seed=seed,
-                 config=config, mesh=mesh, cache_train=cache_train)
-  return evaluate(model, params, test_source, test_split, num_classes, plan,
-                  config=config, mesh=mesh)
+                 mesh=mesh, cache_train=cache_train)
+  return evaluate(model, params, test_source, test_split, num_classes, plan, mesh=mesh)
 
 
 def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
-          num_classes: int, plan: Plan, *, seed: int, config: Any, mesh: jax.sharding.Mesh,
+          num_classes: int, plan: Plan, *, seed: int, mesh: jax.sharding.Mesh,
           cache_train: bool = False) -> Any:
   """The fine-tuned parameters: `plan.schedule[-1]` SGD steps from `params`.
 
   `cache_train` keeps the training examples in memory after the first epoch: a few-shot
   subset is otherwise found again by reading its whole split every epoch.
   """
-  train_step, optimizer = _train_step(model, plan, config.accum_steps,
-                                      seed if plan.mixup_alpha > 0 else 0, mesh)
+  train_step, optimizer = _train_step(model, plan, seed if plan.mixup_alpha > 0 else 0, mesh)
   state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
                          NamedSharding(mesh, P()))
   batches = input_pipeline.train_iterator(
       train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
-      seed=seed, shuffle_buffer=config.shuffle_buffer, cache=cache_train)
+      seed=seed, shuffle_buffer=plan.shuffle_buffer, cache=cache_train)
   total = plan.schedule[-1]
   for step in range(1, total + 1):
     state, step_metrics = train_step(state, next(batches))
-    if step % config.log_every_steps == 0 or step == total:
+    if step % plan.log_every_steps == 0 or step == total:
       loss = float(step_metrics["loss"])
       logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total, loss,
                    float(step_metrics["learning_rate"]))
@@ -114,15 +120,14 @@ def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(model: models.ResNetV2, plan: Plan, accum_steps: int, mixup_seed: int,
-                mesh: jax.sharding.Mesh):
+def _train_step(model: models.ResNetV2, plan: Plan, mixup_seed: int, mesh: jax.sharding.Mesh):
   """(jitted train step, optimizer), built once per plan: every (shots, seed, init) run
   with the same schedule reuses one compiled step instead of compiling its own."""
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   schedule = hyperrule.staircase_schedule(plan.schedule, plan.base_lr)
   optimizer = optax.chain(optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
   step_fn = train_step_lib.make_train_step(
-      model, optimizer, losses.softmax_xent, schedule, accum_steps=accum_steps,
+      model, optimizer, losses.softmax_xent, schedule, accum_steps=plan.accum_steps,
       mixup_alpha=plan.mixup_alpha, rng=jax.random.key(mixup_seed))
   step = jax.jit(step_fn, in_shardings=(replicated, sharded),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -158,9 +163,9 @@ def predict(model: models.ResNetV2, params: Any, source, split: str, pp: str, *,
   return np.concatenate(outputs), np.concatenate(labels)
 
 
-def evaluate(model, params, source, split, num_classes, plan, *, config, mesh):
+def evaluate(model, params, source, split, num_classes, plan, *, mesh):
   logits, onehot = predict(model, params, source, split, plan.pp_eval(num_classes),
-                           batch_size=config.eval_batch_size, mesh=mesh)
+                           batch_size=plan.eval_batch_size, mesh=mesh)
   labels = onehot.argmax(-1)
   probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
   return {"top1": float(np.mean(logits.argmax(-1) == labels)),

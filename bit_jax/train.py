@@ -25,26 +25,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import input_pipeline
 from bit_jax import checkpointing, distributed, host_allocator, losses, models, npz, optim
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import UserError
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-EXPORT_NAME = "params.npz"
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+from bit_jax.errors import NonFiniteLossError, UserError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config.model` on `config.dataset` in `workdir`; returns the final eval metrics."""
   distributed.maybe_initialize(config)
   _check_config(config)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  mesh = distributed.data_mesh()
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   host_allocator.log_advice(jax.default_backend())
 
-  model = models.get_model(config.model, num_classes=config.num_classes,
-                           dtype=DTYPES[config.dtype], remat=config.remat)
+  model = models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype,
+                           remat=config.remat, kernels=config.kernels)
   num_train = config.num_train_examples or input_pipeline.num_examples(
       config.dataset, config.train_split, data_dir=config.data_dir)
   steps_per_epoch = num_train / config.batch_size
@@ -66,10 +59,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
 
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      os.path.join(workdir, checkpointing.CHECKPOINT_DIR), keep=config.keep_checkpoints,
       use_async=config.async_checkpoints)
   state, origin = checkpointing.restore_or_initialize(
-      checkpointer, abstract_state, init_state, model, config)
+      checkpointer, abstract_state, init_state, model, resume=config.resume, init=config.init)
   start_step = int(state.step)
   logging.info("Starting at step %d of %d: %s", start_step, total_steps, origin)
 
@@ -78,7 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      accum_steps=config.accum_steps),
       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_model = model.clone(kernels_standardized=True)  # Standardized once per evaluation.
+  eval_model, _ = models.hoist_weight_standardization(model)  # Standardized once per pass.
   eval_step = jax.jit(train_step_lib.make_eval_step(eval_model, loss_fn),
                       in_shardings=(replicated, sharded), out_shardings=replicated)
 
@@ -146,13 +139,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer.close()
   writer.flush()
   if step == total_steps and jax.process_index() == 0:
-    npz.save(jax.device_get(state.params), os.path.join(workdir, EXPORT_NAME))
+    npz.save(jax.device_get(state.params), os.path.join(workdir, checkpointing.EXPORT_NAME))
   return results
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-  if config.dtype not in DTYPES:
-    raise UserError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
   if config.batch_size % (jax.device_count() * config.accum_steps):
     raise UserError(
         f"batch_size {config.batch_size} must divide evenly over {jax.device_count()} devices "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -22,8 +21,8 @@ from clu import metric_writers
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import export, fewshot, finetune, host_allocator, linear_eval, models
-from bit_jax import pretrained, train
+from bit_jax import atomic_files, checkpointing, distributed, fewshot, finetune
+from bit_jax import host_allocator, linear_eval, models
 from bit_jax.errors import UserError
 
 RESULTS_NAME = "results.json"
@@ -32,16 +31,16 @@ RESULTS_NAME = "results.json"
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every evaluation `config` asks for; returns what results.json holds."""
   methods = _linear_methods(config.linear_eval)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  mesh = distributed.data_mesh()
   host_allocator.log_advice(jax.default_backend())
   source = input_pipeline.get_source(config.dataset, config.data_dir)
   num_classes = config.num_classes or source.num_classes
   if not num_classes:
     raise UserError(f"{config.dataset} does not say how many classes it has; "
                     "set --config.num_classes")
-  model = models.get_model(config.model, num_classes=num_classes,
-                           dtype=train.DTYPES[config.dtype], remat=config.remat)
-  pretrained_params = load_init(config.init, model)
+  model = models.get_model(config.model, num_classes=num_classes, dtype=config.dtype,
+                           remat=config.remat, kernels=config.kernels)
+  pretrained_params = checkpointing.load_init(config.init, model)
   train_labels = derived.read_labels(source, config.train_split)
   num_train = config.num_train_examples or len(train_labels)
   image_hw = tuple(config.image_size) or _image_hw(source)
@@ -67,7 +66,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
                      seed, plan)
         result = finetune.finetune(model, params, train_source, config.train_split, source,
                                    config.test_split, num_classes, plan, seed=seed,
-                                   config=config, mesh=mesh, cache_train=bool(shots))
+                                   mesh=mesh, cache_train=bool(shots))
         runs.append({"evaluation": "finetune", "init": init_name, "shots": shots or "all",
                      "seed": seed, **result, "schedule": list(plan.schedule),
                      "resolution": [plan.resize, plan.crop], "mixup_alpha": plan.mixup_alpha})
@@ -106,7 +105,7 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
                          init_name):
   pp = plan.pp_eval(num_classes)
   features = lambda split: finetune.predict(model, params, source, split, pp,
-                                            batch_size=config.eval_batch_size, mesh=mesh,
+                                            batch_size=plan.eval_batch_size, mesh=mesh,
                                             output="pre_logits")
   train_x, train_y = features(config.train_split)
   test_x, test_y = features(config.test_split)
@@ -127,29 +126,6 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
     result = linear_eval.logistic(fit_x, fit_y, val_x, val_y, test_x, test_y, num_classes)
     runs.append({**result, "shots": "all", "seed": config.seeds[0]})
   return [{"evaluation": r.pop("method"), "init": init_name, **r} for r in runs]
-
-
-def load_init(init: str, model: models.ResNetV2):
-  """Pretrained params fitted to `model` (head zeroed), or None for from-scratch runs.
-
-  `init` is an official .npz, or the workdir of a `train.py` run (its exported params.npz,
-  else its latest checkpoint).
-  """
-  if not init:
-    return None
-  if os.path.isdir(init):
-    exported = os.path.join(init, "params.npz")
-    if os.path.isfile(exported):
-      init = exported
-    else:
-      params, step = export.checkpoint_params(init)
-      params, report = pretrained.fit(params, model, reset_head=True,
-                                      source=f"{init} (step {step})")
-      logging.info("Initialised from %s step %d: %s", init, step, report)
-      return params
-  params, report = pretrained.load(init, model, reset_head=True)
-  logging.info("Initialised from %s: %s", init, report)
-  return params
 
 
 def _image_hw(source) -> tuple[int, int] | None:
@@ -187,18 +163,5 @@ def format_table(summary: list[dict]) -> str:
 def _write_results(workdir: str, config, runs: list[dict]) -> dict[str, Any]:
   results = {"config": json.loads(config.to_json_best_effort()), "runs": runs,
              "summary": summarize(runs)}
-  write_json(os.path.join(workdir, RESULTS_NAME), results)
+  atomic_files.write_json(os.path.join(workdir, RESULTS_NAME), results)
   return results
-
-
-def write_json(path: str | os.PathLike, value: Any) -> str | os.PathLike:
-  """Replaces `path` atomically (process 0 only): an interrupted write never leaves half a
-  file, so results already written are never corrupted."""
-  if jax.process_index() == 0:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=1)
-    os.replace(tmp, path)
-  return path

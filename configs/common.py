@@ -43,6 +43,7 @@ def upstream_config() -> ml_collections.ConfigDict:
   c.batch_size = 4096  # Global batch, over all devices of all hosts.
   c.accum_steps = 1  # Micro-batches per step: same result, 1/accum_steps the memory.
   c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
+  c.kernels = "auto"  # plain, cpu (bit_jax.cpu_kernels), auto: cpu on a CPU backend.
   c.eval_batch_size = 1024  # Global eval batch; the tail is padded and masked.
   c.lr_per_256 = 0.03  # Linear scaling rule: lr = 0.03 x batch / 256.
   c.schedule = "paper"  # paper: warmup then /10 at decay_epochs; cosine: the modern variant.
@@ -80,6 +81,7 @@ def add_hyperrule_finetuning(c: ml_collections.ConfigDict) -> ml_collections.Con
   c.batch_size = 512
   c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
   c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
+  c.kernels = "auto"  # plain, cpu (bit_jax.cpu_kernels), auto: cpu on a CPU backend.
   c.eval_batch_size = 256  # The test split is evaluated in full: padded and masked.
   c.total_steps = 0  # 0: the HyperRule's; else its schedule rescaled to this many steps.
   c.mixup_alpha = -1.0  # -1: the HyperRule's (0 below 20k examples, else 0.1).

@@ -12,7 +12,7 @@ Follow one batch through the modules in this order:
   streams.py    per-process tf.data: shuffled endless training that resumes
                 exactly from a step; evaluation padded and masked.
   feeding.py    per-process numpy -> global jax.Array sharded P("data").
-  mixup.py      mixup on device.
+MixUp, which mixes batches on device inside the train step, is `bit_jax.mixup`.
 Bad input anywhere raises `InputError` (a ValueError) with a one-line message
 naming the problem and the valid choices; entry points print it, exit 1.
 `python -m input_pipeline --dataset=... --split=... --pp=...` checks a dataset
@@ -30,7 +30,6 @@ Public API (what the training and transfer loops call):
                 prefetch=2) -> EvalBatches
       Re-iterable, len() batches, every example exactly once, "_mask" marks
       real examples.
-  mixup(rng, batch, alpha, keys=("image", "label")) -> batch
   get_preprocess_fn(pp) -> fn(example dict) -> example dict; OPS, register
   train_dataset / eval_dataset: the per-process tf.data streams underneath,
       with explicit process_index / process_count (to simulate hosts).
@@ -45,7 +44,6 @@ from input_pipeline.errors import InputError
 from input_pipeline.feeding import eval_iterator
 from input_pipeline.feeding import EvalBatches
 from input_pipeline.feeding import train_iterator
-from input_pipeline.mixup import mixup
 from input_pipeline.ops import get_preprocess_fn
 from input_pipeline.ops import OPS
 from input_pipeline.ops import register
@@ -54,5 +52,5 @@ from input_pipeline.streams import MASK
 from input_pipeline.streams import train_dataset
 
 __all__ = ["EvalBatches", "InputError", "MASK", "OPS", "Source", "eval_dataset",
-           "eval_iterator", "get_preprocess_fn", "get_source", "mixup",
-           "num_examples", "register", "train_dataset", "train_iterator"]
+           "eval_iterator", "get_preprocess_fn", "get_source", "num_examples",
+           "register", "train_dataset", "train_iterator"]

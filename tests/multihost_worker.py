@@ -47,7 +47,7 @@ def train(devices) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[f
   def init():
     params = model.init(jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
     # A non-zero head, so the updates reach the backbone from the first step.
-    head = params["head"]["conv2d"]
+    head = params["head"]
     head["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), head["kernel"].shape)
     return train_step_lib.create_train_state(params, optimizer)
 

@@ -1,4 +1,4 @@
-"""jax.distributed is started only when the environment or config asks for it."""
+"""jax.distributed is started only when the environment or config asks for it; the mesh."""
 import jax
 import ml_collections
 
@@ -25,3 +25,11 @@ def test_explicit_coordinator_and_slurm_initialize(monkeypatch):
   monkeypatch.setenv("SLURM_NTASKS", "16")
   assert distributed.maybe_initialize(ml_collections.ConfigDict({"coordinator_address": ""}))
   assert calls[-1] == ()  # SLURM: JAX reads the peers from the environment.
+
+
+def test_data_mesh_puts_every_device_on_the_data_axis():
+  mesh = distributed.data_mesh()
+  assert mesh.axis_names == ("data",) and mesh.shape == {"data": jax.device_count()}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
+  two = distributed.data_mesh(jax.devices()[:2])
+  assert two.shape == {"data": 2} and set(two.devices.flat) == set(jax.devices()[:2])

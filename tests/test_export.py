@@ -33,8 +33,8 @@ def test_latest_and_chosen_steps_export_their_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, npz.load(latest),
                jax.tree.map(np.asarray, states[10].params))
   chosen = export.export(str(tmp_path), out=str(tmp_path / "five.npz"), step=5)
-  np.testing.assert_array_equal(npz.load(chosen)["head"]["conv2d"]["bias"],
-                                np.asarray(states[5].params["head"]["conv2d"]["bias"]))
+  np.testing.assert_array_equal(npz.load(chosen)["head"]["bias"],
+                                np.asarray(states[5].params["head"]["bias"]))
 
 
 def test_missing_step_or_workdir_is_one_clear_line(tmp_path):

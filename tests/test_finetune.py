@@ -1,4 +1,5 @@
-"""The HyperRule plan of a fine-tuning run, its overrides and its bad-input errors."""
+"""The plan of a fine-tuning run: the HyperRule, its overrides, the config's other settings
+and bad-input errors."""
 import ml_collections
 import pytest
 
@@ -37,11 +38,20 @@ def test_overrides_rescale_the_schedule_and_replace_resolution_and_mixup():
   assert plan.pp_eval(10).startswith("decode|resize(32)|value_range(-1,1)|onehot(10)")
 
 
+def test_the_plan_carries_the_configs_other_finetuning_settings():
+  plan = finetune.make_plan(_config(accum_steps=4, eval_batch_size=64, shuffle_buffer=99,
+                                    log_every_steps=7), dataset_size=50, image_hw=(32, 32))
+  assert (plan.accum_steps, plan.eval_batch_size, plan.shuffle_buffer,
+          plan.log_every_steps) == (4, 64, 99, 7)
+
+
 def test_flips_and_random_crops_can_be_turned_off():
   """VTAB turns them off where they would change the label (positions, orientations)."""
   def pp(flip, random_crop):
     plan = finetune.Plan(resize=36, crop=32, schedule=(1,) * 5, mixup_alpha=0.0,
-                         base_lr=0.003, batch_size=8, flip=flip, random_crop=random_crop)
+                         base_lr=0.003, batch_size=8, accum_steps=1, eval_batch_size=8,
+                         shuffle_buffer=8, log_every_steps=1, flip=flip,
+                         random_crop=random_crop)
     return plan.pp_train(16)
   tail = "value_range(-1,1)|onehot(16)|keep('image', 'label')"
   assert pp(True, True) == f"decode|resize(36)|random_crop(32)|flip_lr|{tail}"

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bit_jax import entry, npz, train
+from bit_jax import entry, errors, npz, train
+from bit_jax.checkpointing import EXPORT_NAME
 from configs import bit_l, bit_m, bit_s, common, demo
 from tests.conftest import DEMO_STEPS
 
@@ -37,7 +38,7 @@ def test_upstream_configs_run_a_few_steps_on_mock_data(tmp_path, get_config):
   assert 0.0 <= results["eval/top1"] <= results["eval/top5"] <= 1.0
   assert np.isfinite(results["eval/loss"])
   assert os.path.exists(tmp_path / "checkpoints" / "3")
-  assert npz.load(tmp_path / train.EXPORT_NAME)["head"]["conv2d"]["kernel"].shape[-1] == 1000
+  assert npz.load(tmp_path / EXPORT_NAME)["head"]["kernel"].shape[-1] == 1000
 
 
 def _scalars(workdir):
@@ -68,8 +69,8 @@ def test_demo_learns_on_the_embedded_data(demo_run):
   assert scalars["eval/top1"][last] > 0.6  # 10 balanced classes: chance is 0.1.
   # Every checkpoint_every_steps (200), and the last step.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["200", str(last)]
-  exported = npz.load(os.path.join(workdir, train.EXPORT_NAME))
-  assert exported["head"]["conv2d"]["kernel"].shape == (1, 1, 1024, 10)
+  exported = npz.load(os.path.join(workdir, EXPORT_NAME))
+  assert exported["head"]["kernel"].shape == (1024, 10)
 
 
 # Runs the demo config in a fresh process and SIGKILLs it right after the checkpoint at
@@ -107,13 +108,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   killed = _python(_KILLED_RUN.format(root=ROOT, kill_at=4, overrides=overrides,
                                       workdir=str(tmp_path / "resumed")))
   assert killed.returncode == -signal.SIGKILL
-  assert not os.path.exists(tmp_path / "resumed" / train.EXPORT_NAME)
+  assert not os.path.exists(tmp_path / "resumed" / EXPORT_NAME)
   resumed = _python(_KILLED_RUN.format(root=ROOT, kill_at=-1, overrides=overrides,
                                        workdir=str(tmp_path / "resumed")))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step 4" in resumed.stderr
-  a = npz.read_flat(tmp_path / "straight" / train.EXPORT_NAME)
-  b = npz.read_flat(tmp_path / "resumed" / train.EXPORT_NAME)
+  a = npz.read_flat(tmp_path / "straight" / EXPORT_NAME)
+  b = npz.read_flat(tmp_path / "resumed" / EXPORT_NAME)
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)  # Bitwise.
@@ -135,22 +136,22 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
   assert process.returncode == 0, rest[-3000:]
   steps = os.listdir(workdir / "checkpoints")
   assert len(steps) == 1 and 0 < int(steps[0]) < 100000
-  assert not os.path.exists(workdir / train.EXPORT_NAME)  # Not finished: nothing exported.
+  assert not os.path.exists(workdir / EXPORT_NAME)  # Not finished: nothing exported.
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = _configure(demo.get_config(), total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
-  good = {k: v.copy() for k, v in npz.read_flat(tmp_path / train.EXPORT_NAME).items()}
+  good = {k: v.copy() for k, v in npz.read_flat(tmp_path / EXPORT_NAME).items()}
   # Resume the same run with a learning rate that blows the parameters up.
   diverging = _configure(demo.get_config(), total_steps=6, checkpoint_every_steps=1,
                          lr_per_256=1e30, warmup_steps=0)
   # Step 3's loss is still finite (computed before the exploding update); its parameters
   # are not, so step 3 must not be saved over the good step 2.
-  with pytest.raises(train.NonFiniteLossError, match=r"at step 3.*checkpoint \(step 2\)"):
+  with pytest.raises(errors.NonFiniteLossError, match=r"at step 3.*checkpoint \(step 2\)"):
     train.train_and_evaluate(diverging, str(tmp_path))
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
-  np.testing.assert_array_equal(npz.read_flat(tmp_path / train.EXPORT_NAME)["group_norm/beta"],
+  np.testing.assert_array_equal(npz.read_flat(tmp_path / EXPORT_NAME)["group_norm/beta"],
                                 good["group_norm/beta"])
 
 

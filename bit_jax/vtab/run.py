@@ -39,7 +39,7 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import finetune, models, pretrained, train, transfer
+from bit_jax import atomic_files, checkpointing, distributed, finetune, models, pretrained
 from bit_jax.errors import UserError
 from bit_jax.vtab import registry, report
 
@@ -69,13 +69,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
   check_config(config)
   workdir = pathlib.Path(workdir)
   settings = _check_settings(config, workdir)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  mesh = distributed.data_mesh()
 
   @functools.cache
   def backbone():
     """Once, before the first fine-tuning: a bad --init stops the run with nothing written."""
     params = _load_backbone(config)
-    transfer.write_json(workdir / SETTINGS_NAME, settings)
+    atomic_files.write_json(workdir / SETTINGS_NAME, settings)
     return params
 
   results, failed = {}, []
@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
       _record_failure(workdir, task, e)
 
   results = _with_other_finished_tasks(results, config, workdir)
-  results_path = transfer.write_json(workdir / RESULTS_NAME, results)
+  results_path = atomic_files.write_json(workdir / RESULTS_NAME, results)
   report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model)
   return Outcome(results, tuple(failed), results_path, report_paths)
 
@@ -126,8 +126,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Bad input fails here, before any task runs, with one line."""
   if config.protocol not in PROTOCOLS:
     raise UserError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-  if config.dtype not in train.DTYPES:
-    raise UserError(f"unknown dtype {config.dtype!r}; valid: {', '.join(train.DTYPES)}")
+  models.compute_dtype(config.dtype)
   models.get_architecture(config.model)
   if not config.seeds:
     raise UserError("no seeds; give at least one, e.g. --seeds=0")
@@ -144,8 +143,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dict]:
   """Each seed's record, also written to its file."""
-  model = models.get_model(config.model, num_classes=task.num_classes,
-                           dtype=train.DTYPES[config.dtype], remat=config.remat)
+  model = models.get_model(config.model, num_classes=task.num_classes, dtype=config.dtype,
+                           remat=config.remat, kernels=config.kernels)
   params = None if backbone is None else pretrained.fit(backbone, model)[0]  # A zero head.
   job = _TaskJob(task, config, task_source(task, config.data_dir), model, params, mesh)
   records = {}
@@ -156,7 +155,7 @@ def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dic
     else:
       result = _sweep(job, seed, _seed_path(workdir, task, seed).with_suffix(""))
     records[seed] = {"task": task.name, "seed": seed, "protocol": config.protocol, **result}
-    transfer.write_json(_seed_path(workdir, task, seed), records[seed])
+    atomic_files.write_json(_seed_path(workdir, task, seed), records[seed])
   return records
 
 
@@ -182,7 +181,7 @@ class _TaskJob:
     splits = self.task.splits
     result = finetune.finetune(self.model, params, self.source, splits[train_split],
                                self.source, splits[eval_split], self.task.num_classes, plan,
-                               seed=seed, config=config, mesh=self.mesh,
+                               seed=seed, mesh=self.mesh,
                                cache_train=True)  # 1000 examples: decoded once, not per epoch.
     return {**result, "train_split": train_split, "eval_split": eval_split,
             "schedule": list(plan.schedule), "resolution": [plan.resize, plan.crop],
@@ -210,7 +209,7 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, 
                         job.task.name, seed, lr, steps, e)
         errors.append(str(e))
         continue
-      transfer.write_json(path, {**record, "steps": steps})
+      atomic_files.write_json(path, {**record, "steps": steps})
     candidates.append({"base_lr": lr, "steps": steps, "val200_top1": record["top1"]})
   if not candidates:
     raise UserError(f"every sweep candidate failed; the first: {errors[0]}")
@@ -245,8 +244,8 @@ def _stored_channels(source) -> int:
 
 def _load_backbone(config: ml_collections.ConfigDict):
   """`config.init` without its head (numpy, reused by every task), or None: from scratch."""
-  headless = models.get_model(config.model, dtype=train.DTYPES[config.dtype])
-  return transfer.load_init(config.init, headless)
+  headless = models.get_model(config.model, dtype=models.compute_dtype(config.dtype))
+  return checkpointing.load_init(config.init, headless)
 
 
 def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:

@@ -1,4 +1,8 @@
-"""Mixup (Zhang et al. 2018) on device, as BiT fine-tuning uses it."""
+"""MixUp (Zhang et al. 2018) on device, as BiT fine-tuning uses it: pure jax, called inside
+the jitted train step (`bit_jax.train_step`)."""
+
+from __future__ import annotations
+
 import jax
 import jax.numpy as jnp
 

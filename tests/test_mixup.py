@@ -1,10 +1,11 @@
+"""MixUp on device: a hand computation, one lambda per batch, alpha 0, dtypes, a sharded batch."""
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from input_pipeline.mixup import mixup
+from bit_jax.mixup import mixup
 
 
 def _batch():

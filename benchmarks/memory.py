@@ -16,8 +16,8 @@ On a machine without an accelerator the CPU compiler's analysis is the proxy: th
 program, but XLA:CPU computes bf16 convolutions in float32 (so bf16 rows are no smaller
 there) and its scheduler does not turn `remat` into a lower peak (the recomputation is
 there, the saving is not); the residuals column shows what both save on a backend that
-keeps them. Convolutions are compiled as XLA's convolution, as accelerators run them, not
-as the im2col and Winograd products `bit_jax.convolution` uses on CPU.
+keeps them. The model is the plain one accelerators run (`kernels="plain"`), not the
+XLA:CPU-tuned kernels `bit_jax.cpu_kernels` would give it on CPU.
 
 Copy the printed table into benchmarks/RESULTS.md (section "Memory").
 """
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bit_jax import convolution, losses, models  # noqa: E402
+from bit_jax import losses, models  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
 
 GIB = 2**30
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def compiled_memory(model_name: str, resolution: int, batch: int, num_classes: int,
                     dtype, accum_steps: int, remat: bool) -> dict[str, float]:
   """Memory analysis (bytes) of the compiled fine-tuning step; nothing is allocated."""
-  model = models.get_model(model_name, num_classes, dtype=dtype, remat=remat)
+  model = models.get_model(model_name, num_classes, dtype=dtype, remat=remat, kernels="plain")
   params = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3))))["params"]
   schedule = lambda step: 0.003 * jnp.ones(())
@@ -92,7 +92,7 @@ def residual_bytes(model, params, micro_batch: int, resolution: int, num_classes
   between forward and backward whatever the backend's scheduler does (the parameters, which
   are arguments anyway, are left out). This is what `remat` and bf16 shrink.
   """
-  inner = model.clone(kernels_standardized=True)  # As in the train step's micro-batch loop.
+  inner, _ = models.hoist_weight_standardization(model)  # As in the train step's loop.
   images = jax.ShapeDtypeStruct((micro_batch, resolution, resolution, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((micro_batch, num_classes), jnp.float32)
   loss = lambda p, x, y: jnp.mean(losses.softmax_xent(inner.apply({"params": p}, x)[0], y))
@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
   for dtype, accum, remat in parse_settings(args.settings):
     if args.batch % accum:
       raise ValueError(f"batch {args.batch} is not divisible by accum_steps {accum}")
-    with convolution.xla_convolution_everywhere():
-      m = compiled_memory(args.model, args.resolution, args.batch, args.num_classes,
-                          jnp.dtype(dtype), accum, remat)
+    m = compiled_memory(args.model, args.resolution, args.batch, args.num_classes,
+                        jnp.dtype(dtype), accum, remat)
     m.update(dtype=dtype, accum_steps=accum, remat=remat,
              fits=m["peak"] / GIB <= args.budget_gib)
     rows.append(m)

@@ -50,7 +50,7 @@ import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bit_jax import host_allocator, losses, models  # noqa: E402
+from bit_jax import distributed, host_allocator, losses, models  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
 
 # timm's names for the BiT architectures (tiny test variants have none).
@@ -65,7 +65,6 @@ PEAK_TFLOPS = {
     ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0,
     ("TPU v5p", "bfloat16"): 459.0,
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,10 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--model", default="BiT-M-R50x1", help="a bit_jax.models name")
   parser.add_argument("--resolution", type=int, default=128)
   parser.add_argument("--batch", type=int, default=8, help="images per device per step")
-  parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+  parser.add_argument("--dtype", default="float32", choices=list(models.DTYPES))
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--accum_steps", type=int, default=1)
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--kernels", default="auto", choices=models.KERNELS,
+                      help="plain, cpu (bit_jax.cpu_kernels), or auto: cpu on a CPU backend")
   parser.add_argument("--iters", type=int, default=10, help="timed calls; the median is kept")
   parser.add_argument("--block", type=int, default=3,
                       help="timed calls in a row per benchmark, after one untimed call")
@@ -117,10 +118,11 @@ class JaxBench:
   """Our jitted train step and inference forward, compiled once, with their analyses."""
 
   def __init__(self, args: argparse.Namespace):
-    dtype = DTYPES[args.dtype]
-    self.model = models.get_model(args.model, args.num_classes, dtype=dtype, remat=args.remat)
+    dtype = models.DTYPES[args.dtype]
+    self.model = models.get_model(args.model, args.num_classes, dtype=dtype, remat=args.remat,
+                                  kernels=args.kernels)
     devices = jax.local_devices()
-    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+    mesh = distributed.data_mesh(devices)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     self.batch_per_device = args.batch
     self.global_batch = args.batch * len(devices)
@@ -228,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   results: dict[str, Any] = {
       "model": args.model, "resolution": args.resolution, "batch_per_device": args.batch,
       "dtype": args.dtype, "accum_steps": args.accum_steps, "remat": args.remat,
+      "kernels": args.kernels,
       "device": f"{device.platform}:{device.device_kind}", "devices": n_devices,
       "allocator": host_allocator.loaded_allocator(),
       "timm_model": timm.name if timm else None}
@@ -271,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if known:
       peak, peak_source = known[0] * 1e12, "spec"
     elif device.platform == "cpu":
-      peak, peak_source = cpu_matmul_peak(DTYPES[args.dtype]), "measured 2048^3 matmul"
+      peak, peak_source = cpu_matmul_peak(models.DTYPES[args.dtype]), "measured 2048^3 matmul"
   results["peak_tflops_per_device"] = peak / 1e12 if peak else None
   results["peak_source"] = peak_source if peak else None
   for kind in ("train", "infer"):

@@ -1,22 +1,23 @@
 """Read and write BiT checkpoints in the official .npz layout.
 
 The file holds flat arrays keyed `resnet/<path>`, e.g.
-`resnet/block1/unit01/a/standardized_conv2d/kernel`; our params tree is the same paths
-nested, without the `resnet/` prefix (see `bit_jax.models`). Some released files number
-their convs (`standardized_conv2d_1`); those names are accepted on load and written back
-plain, as every BiT loader reads them.
+`resnet/block1/unit01/a/standardized_conv2d/kernel`. Our params tree names modules for what
+they are (`block1/unit01/conv1/kernel`, see `bit_jax.models`); `OFFICIAL_NAMES` is the one
+mapping between the two, applied on load and on save. Some released files number their
+convs (`standardized_conv2d_1`); those names are accepted on load and written back plain,
+as every BiT loader reads them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from bit_jax import atomic_files
 from bit_jax.errors import UserError
 
 PREFIX = "resnet/"
@@ -24,25 +25,73 @@ _NUMBERED_CONV = re.compile(r"(?<=/)standardized_conv2d_\d+(?=/)")
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-  """The params tree stored in an official-layout BiT .npz file."""
-  return unflatten(read_flat(path))
+  """The params tree (our names) stored in an official-layout BiT .npz file."""
+  return unflatten(from_official(read_flat(path)))
 
 
 def save(params: Mapping[str, Any], path: str | os.PathLike) -> None:
   """Writes `params` in the official layout, atomically: an existing file is replaced
   only once the new one is complete."""
-  arrays = {PREFIX + key: value for key, value in flatten(params).items()}
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(suffix=".npz.tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
+  arrays = {PREFIX + key: value for key, value in to_official(flatten(params)).items()}
+  atomic_files.write(path, lambda f: np.savez(f, **arrays))
+
+
+# Our parameter path -> the release's, under `blockB/unitNN/` for the units' entries. The
+# head is a dense layer here and a 1x1 conv there: its kernel gains two axes on save.
+OFFICIAL_NAMES = {
+    "root_conv/kernel": "root_block/standardized_conv2d/kernel",
+    "norm/scale": "group_norm/gamma",
+    "norm/bias": "group_norm/beta",
+    "head/kernel": "head/conv2d/kernel",
+    "head/bias": "head/conv2d/bias",
+}
+OFFICIAL_UNIT_NAMES = {
+    "norm1/scale": "a/group_norm/gamma",
+    "norm1/bias": "a/group_norm/beta",
+    "conv1/kernel": "a/standardized_conv2d/kernel",
+    "conv_proj/kernel": "a/proj/standardized_conv2d/kernel",
+    "norm2/scale": "b/group_norm/gamma",
+    "norm2/bias": "b/group_norm/beta",
+    "conv2/kernel": "b/standardized_conv2d/kernel",
+    "norm3/scale": "c/group_norm/gamma",
+    "norm3/bias": "c/group_norm/beta",
+    "conv3/kernel": "c/standardized_conv2d/kernel",
+}
+_UNIT = re.compile(r"^(block\d+/unit\d+/)(.*)$")
+_HEAD_KERNEL = "head/kernel"
+
+
+def to_official(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """`{our path: array}` -> `{official path: array}` (no `resnet/` prefix); paths the
+  release has no name for (a layer a researcher added) keep ours."""
+  official = {}
+  for path, value in flat.items():
+    if path == _HEAD_KERNEL:
+      value = np.asarray(value)[None, None]
+    official[_rename(path, OFFICIAL_NAMES, OFFICIAL_UNIT_NAMES)] = value
+  return official
+
+
+def from_official(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of `to_official`."""
+  ours = {}
+  for path, value in flat.items():
+    path = _rename(path, _OUR_NAMES, _OUR_UNIT_NAMES)
+    if path == _HEAD_KERNEL and np.ndim(value) == 4:
+      value = value[0, 0]
+    ours[path] = value
+  return ours
+
+
+_OUR_NAMES = {official: ours for ours, official in OFFICIAL_NAMES.items()}
+_OUR_UNIT_NAMES = {official: ours for ours, official in OFFICIAL_UNIT_NAMES.items()}
+
+
+def _rename(path: str, names: Mapping[str, str], unit_names: Mapping[str, str]) -> str:
+  unit = _UNIT.match(path)
+  if unit:
+    return unit.group(1) + unit_names.get(unit.group(2), unit.group(2))
+  return names.get(path, path)
 
 
 def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:

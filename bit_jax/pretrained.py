@@ -88,7 +88,7 @@ def _expected_shapes(model: models.ResNetV2) -> dict[str, tuple[int, ...]]:
 
 def describe(shapes: Mapping[str, tuple[int, ...]]) -> str:
   """What architecture flat param shapes look like, e.g. `R50x3 (units 3,4,6,3, ...)`."""
-  root = shapes.get("root_block/standardized_conv2d/kernel")
+  root = shapes.get("root_conv/kernel")
   units = []
   for block in range(1, 10):
     count = len({k.split("/")[1] for k in shapes if k.startswith(f"block{block}/unit")})
@@ -102,7 +102,7 @@ def describe(shapes: Mapping[str, tuple[int, ...]]) -> str:
       (name for name, arch in {**models.ARCHITECTURES, **models.TINY_ARCHITECTURES}.items()
        if arch.units_per_block == tuple(units)
        and arch.base_width * arch.width_factor == root_width), None)
-  head = shapes.get("head/conv2d/kernel")
+  head = shapes.get("head/kernel")
   classes = f", {head[-1]}-class head" if head is not None else ", no head"
   shape = f"units {','.join(map(str, units))}, root width {root_width}{classes}"
   return f"{arch_name} ({shape})" if arch_name else f"an unlisted ResNet-v2 ({shape})"

@@ -16,6 +16,7 @@ import optax
 
 from bit_jax import metrics as metrics_lib
 from bit_jax import models
+from bit_jax.mixup import mixup
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, labels) -> per-example loss
@@ -46,15 +47,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
   """
   if mixup_alpha > 0 and rng is None:
     raise ValueError("mixup needs an rng")
-  if mixup_alpha > 0:
-    # Imported here: input_pipeline loads TensorFlow, which a step without MixUp (and each
-    # process of a multi-host test) need not pay for.
-    from input_pipeline import mixup  # pylint: disable=import-outside-toplevel
-  # A BiT model's weight standardization depends on the parameters only, so it is computed
-  # once per step and backpropagated through once (jax.vjp), outside the micro-batch loop:
-  # the model inside the loop takes standardized kernels as they are.
-  hoist_ws = isinstance(model, models.ResNetV2) and not model.kernels_standardized
-  inner_model = model.clone(kernels_standardized=True) if hoist_ws else model
+  # Weight standardization depends on the parameters only, so it is computed once per step
+  # and backpropagated through once (jax.vjp), outside the micro-batch loop: the model
+  # inside the loop takes the standardized kernels as they are.
+  inner_model, standardize = models.hoist_weight_standardization(model)
 
   def mean_loss(params, images, labels):
     logits, _ = inner_model.apply({"params": params}, images, train=True)
@@ -63,14 +59,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
   grad_fn = jax.value_and_grad(mean_loss)
 
   def loss_and_grads(params, images, labels):
-    if hoist_ws:
-      params, standardize_vjp = jax.vjp(models.standardize_kernels, params)
+    params, standardize_vjp = jax.vjp(standardize, params)
     if accum_steps == 1:
       loss, grads = grad_fn(params, images, labels)
     else:
       loss, grads = _accumulated(grad_fn, params, images, labels, accum_steps)
-    if hoist_ws:
-      grads, = standardize_vjp(grads)
+    grads, = standardize_vjp(grads)
     return loss, grads
 
   def train_step(state: TrainState, batch: Batch):

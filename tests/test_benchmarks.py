@@ -61,3 +61,14 @@ def test_memory_rejects_a_batch_that_does_not_split():
   memory = _load("memory")
   with pytest.raises(ValueError, match="not divisible"):
     memory.main(["--model=tiny-R14", "--resolution=32", "--batch=6", "--settings=float32:4:0"])
+
+
+def test_kernels_prints_each_variant_against_the_plain_model(capsys):
+  kernels = _load("kernels")
+  results = kernels.main(["--model=tiny-R14", "--resolution=32", "--batch=2", "--iters=1",
+                          "--num_classes=4"])
+  out = capsys.readouterr().out
+  assert "| plain | " in out and "| all tuned | " in out
+  assert results["plain"]["train_ratio"] == results["plain"]["infer_ratio"] == 1.0
+  for name in kernels.variants():
+    assert results[name]["train_s"] > 0 and results[name]["infer_s"] > 0

@@ -71,10 +71,10 @@ def test_unknown_model_name_lists_the_valid_ones():
     models.get_model("R50")
 
 
-def _subtree(weights, prefix):
-  """Official keys under `resnet/<prefix>` as a nested params tree."""
-  full = "resnet/" + prefix
-  return npz.unflatten({k[len(full):]: v for k, v in weights.items() if k.startswith(full)})
+def _ours(weights, prefix=""):
+  """Official `resnet/...` arrays as our params tree (the subtree under `prefix`)."""
+  flat = npz.from_official({k[len("resnet/"):]: v for k, v in weights.items()})
+  return npz.unflatten({k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)})
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +82,21 @@ def weights():
   return make_official_weights(seed=1, units=(2, 1, 1, 1))
 
 
+TINY_2111 = models.Architecture((2, 1, 1, 1), 1, base_width=32)
+
+
 def _rel_err(ours, theirs):
   return float(np.max(np.abs(np.asarray(ours, np.float64) - theirs)) / np.max(np.abs(theirs)))
 
 
+def _stem(params, images):
+  model = models.ResNetV2(TINY_2111, num_classes=10)
+  return model.apply({"params": params}, images)[1]["stem"]
+
+
 def test_stem_matches_the_reference(weights):
   images = np.random.default_rng(0).uniform(-1, 1, (2, 19, 23, 3)).astype(np.float32)
-  ours = models.RootBlock(32).apply({"params": _subtree(weights, "root_block/")}, images)
+  ours = _stem(_ours(weights), images)
   theirs = ref.root_block(weights, images)
   # Odd sizes pin the padding arithmetic; negative conv outputs pin zero (not -inf) padding.
   assert ours.shape == theirs.shape == (2, 5, 6, 32)
@@ -96,15 +104,16 @@ def test_stem_matches_the_reference(weights):
   assert _rel_err(ours, theirs) < 1e-5
 
 
-def test_stem_pools_over_zero_padding():
+def test_stem_pools_over_zero_padding(weights):
   # A centre-tap kernel on a -1 image makes every conv output negative, so a pool over
   # -inf padding would return negatives at the border where zero padding returns 0.
   kernel = np.zeros((7, 7, 3, 32), np.float32)
   kernel[3, 3, 0] = 1.0
   images = np.zeros((1, 8, 8, 3), np.float32)
   images[..., 0] = -1.0
-  params = {"standardized_conv2d": {"kernel": kernel}}
-  ours = np.asarray(models.RootBlock(32).apply({"params": params}, images))
+  params = _ours(weights)
+  params["root_conv"]["kernel"] = kernel
+  ours = np.asarray(_stem(params, images))
   theirs = ref.root_block({"resnet/root_block/standardized_conv2d/kernel": kernel}, images)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
   conv = ref.conv2d(images, ref.standardize(kernel), 2, ((3, 3), (3, 3)))
@@ -121,7 +130,9 @@ def test_unit_matches_the_reference(weights, prefix, strides, channels, size):
   x = np.random.default_rng(2).normal(size=(2, size, size, channels)).astype(np.float32)
   width = weights[f"resnet/{prefix}a/standardized_conv2d/kernel"].shape[-1]
   unit = models.BottleneckUnit(width, strides, project=prefix.endswith("unit01/"))
-  ours = unit.apply({"params": _subtree(weights, prefix)}, x)
+  # The unit's convs take their kernels as given; the model standardizes them.
+  params = models.standardize_weights(_ours(weights, prefix))
+  ours = unit.apply({"params": params}, x)
   theirs = ref.unit(weights, "resnet/" + prefix, x, strides)
   assert ours.shape == theirs.shape
   assert _rel_err(ours, theirs) < 1e-5
@@ -138,66 +149,24 @@ def test_weight_standardization_epsilon_is_pinned():
 def test_group_norm_epsilon_is_pinned():
   # Group variance 1e-5: eps 1e-5 gives std 1/sqrt(2); eps 1e-6 or 1e-3 would not.
   # Channels alternate +-1, so each 2-channel group has mean 0 and variance exactly 1e-5.
-  # A beta of 10 keeps every output positive, so the ReLU passes it unchanged.
+  # A bias of 10 keeps every output positive, so the ReLU passes it unchanged.
   signs = np.where(np.arange(64) % 2 == 0, 1.0, -1.0)
   x = np.broadcast_to(signs, (1, 4, 4, 64)) * np.sqrt(1e-5)
-  gamma, beta = np.ones(64), np.full(64, 10.0)
-  params = {"gamma": gamma, "beta": beta}
-  ours = np.asarray(models.GroupNormReLU().apply({"params": params}, x.astype(np.float32)))
-  np.testing.assert_allclose(ours, ref.group_norm(x, gamma, beta), rtol=1e-4, atol=1e-5)
+  scale, bias = np.ones(64), np.full(64, 10.0)
+  params = {"scale": scale, "bias": bias}
+  ours = np.asarray(models.GroupNormAct().apply({"params": params}, x.astype(np.float32)))
+  np.testing.assert_allclose(ours, ref.group_norm(x, scale, bias), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.std(ours), 1 / np.sqrt(2), rtol=1e-3)
 
 
-def _group_norm_relu_by_autodiff(x, gamma, beta):
-  """The textbook GroupNorm + ReLU, for jax.vjp to differentiate: grouped 5-D statistics."""
-  n, h, w, c = x.shape
-  grouped = x.reshape(n, h, w, models.GROUPS, c // models.GROUPS)
-  mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
-  var = jnp.square(grouped - mean).mean(axis=(1, 2, 4), keepdims=True)
-  x_hat = ((grouped - mean) * jax.lax.rsqrt(var + models.GN_EPSILON)).reshape(x.shape)
-  return jax.nn.relu(x_hat * gamma + beta)
-
-
-@pytest.mark.parametrize("spread,offset", [(2.0, 1.0), (0.5, -3.0)])
-def test_group_norm_relu_gradient_matches_autodiff(spread, offset):
-  rng = np.random.default_rng(7)
-  x = jnp.asarray(rng.normal(offset, spread, (3, 5, 6, 64)), jnp.float32)
-  gamma = jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32)
-  beta = jnp.asarray(rng.normal(size=64), jnp.float32)
-  grad = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-  expected, expected_vjp = jax.vjp(_group_norm_relu_by_autodiff, x, gamma, beta)
-  ours, ours_vjp = jax.vjp(models.group_norm_relu, x, gamma, beta)
-  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
-  assert 0.2 < float(jnp.mean(ours > 0)) < 0.8  # The ReLU's mask is part of the test.
-  for name, a, b in zip(("x", "gamma", "beta"), ours_vjp(grad), expected_vjp(grad)):
-    scale = float(jnp.max(jnp.abs(b)))
-    assert float(jnp.max(jnp.abs(a - b))) < 1e-5 * scale, name
-
-
-def test_group_norm_relu_keeps_bfloat16_activations_in_bfloat16():
-  x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 4, 4, 32)), jnp.bfloat16)
-  gamma, beta = jnp.ones(32), jnp.zeros(32)
-  y, vjp = jax.vjp(models.group_norm_relu, x, gamma, beta)
-  dx, dgamma, _ = vjp(jnp.ones_like(y))
-  assert y.dtype == dx.dtype == jnp.bfloat16 and dgamma.dtype == jnp.float32
-  expected = _group_norm_relu_by_autodiff(x.astype(jnp.float32), gamma, beta)
-  np.testing.assert_allclose(y.astype(jnp.float32), expected, atol=0.05)
-
-
-def test_max_pool_matches_reduce_window_values_and_gradients():
-  rng = np.random.default_rng(9)
-  x = rng.normal(size=(2, 9, 12, 5)).astype(np.float32)
-  x[0, 2:5, 2:6, 0] = 1.5          # ties inside and across windows
-  x[1, :, :, 1] = 0.0              # a constant channel: every window is one tie
-  x = jnp.asarray(x)
-  reduce_window = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-  expected, expected_vjp = jax.vjp(reduce_window, x)
-  ours, ours_vjp = jax.vjp(models.max_pool_3x3_stride_2, x)
-  np.testing.assert_array_equal(ours, expected)
-  grad = jnp.asarray(rng.normal(size=expected.shape), jnp.float32)
-  # The same element of each window gets the gradient; sums of overlaps may round apart.
-  np.testing.assert_allclose(ours_vjp(grad)[0], expected_vjp(grad)[0], rtol=0, atol=1e-6)
-  assert bool(jnp.isnan(models.max_pool_3x3_stride_2(x.at[0, 0, 0, 0].set(jnp.nan))[0, 0, 0, 0]))
+def test_group_norm_matches_the_reference_with_a_large_mean():
+  # Two-pass statistics: a mean 1000 times the spread does not cancel (E[x^2] - E[x]^2 in
+  # float32 would lose about 10% of the variance here).
+  x = np.random.default_rng(4).normal(100.0, 0.1, (2, 5, 6, 64)).astype(np.float32)
+  scale = np.random.default_rng(5).uniform(0.5, 1.5, 64)
+  bias = np.random.default_rng(6).normal(size=64)
+  ours = models.group_norm(jnp.asarray(x), scale, bias)
+  np.testing.assert_allclose(ours, ref.group_norm(x, scale, bias), rtol=1e-3, atol=1e-3)
 
 
 def test_bfloat16_compute_stays_close_and_keeps_float32_params():
@@ -214,20 +183,92 @@ def test_bfloat16_compute_stays_close_and_keeps_float32_params():
   assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05
 
 
-def test_for_inference_standardizes_once_and_keeps_the_outputs():
+def _images(seed, size=32):
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (2, size, size, 3)),
+                     jnp.float32)
+
+
+def test_forward_mode_autodiff_runs_through_the_plain_model():
+  model = models.get_model("tiny-R14", num_classes=3, kernels="plain")
+  images = _images(10)
+  params = model.init(jax.random.key(3), images)["params"]
+  tangent = jax.tree.map(lambda p: jnp.full_like(p, 1e-2), params)
+  pre_logits = lambda p: model.apply({"params": p}, images)[1]["pre_logits"]
+  _, jvp = jax.jvp(pre_logits, (params,), (tangent,))
+  # Forward mode agrees with reverse mode: <J t, v> == <t, J^T v>.
+  v = jnp.asarray(np.random.default_rng(11).normal(size=jvp.shape), jnp.float32)
+  _, vjp = jax.vjp(pre_logits, params)
+  reverse = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vjp(v)[0]),
+                                                 jax.tree.leaves(tangent)))
+  np.testing.assert_allclose(jnp.vdot(jvp, v), reverse, rtol=1e-3)
+  assert float(jnp.abs(jvp).max()) > 0
+
+
+def test_plain_kernels_are_the_defaults_and_auto_picks_per_backend():
+  plain = models.get_model("tiny-R14", kernels="plain")
+  assert (plain.conv, plain.norm_act, plain.pool) == (
+      models.Conv, models.GroupNormAct, models.max_pool_zero_padded)
+  auto = models.get_model("tiny-R14")
+  expected = "cpu" if jax.default_backend() == "cpu" else "plain"
+  assert auto == models.get_model("tiny-R14", kernels=expected)
+  with pytest.raises(UserError, match="unknown kernels 'fast'; valid: auto, plain, cpu"):
+    models.get_model("tiny-R14", kernels="fast")
+
+
+def test_initial_kernels_keep_he_scale_not_the_standardized_one():
+  # Under weight standardization the kernel's scale sets the effective learning rate
+  # (lr / |w|^2): storing standardized kernels at init trained the demo far worse.
+  model = models.get_model("tiny-R14", num_classes=3)
+  params = model.init(jax.random.key(5), _images(13))["params"]
+  kernel = np.asarray(params["block2"]["unit01"]["conv2"]["kernel"])
+  he_std = np.sqrt(2 / np.prod(kernel.shape[:3]))
+  assert 0.8 * he_std < kernel.std() < 1.2 * he_std
+
+
+def test_hoisted_weight_standardization_gives_the_same_outputs():
   model = models.get_model("tiny-R14", num_classes=5)
-  images = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  images = _images(6)
   params = model.init(jax.random.key(2), images)["params"]
+  # A non-zero head, so logits are compared too.
+  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(3),
+                                                     params["head"]["kernel"].shape)
   served_model, served = models.for_inference(model, params)
-  assert served_model.kernels_standardized
-  kernel = np.asarray(served["block1"]["unit01"]["b"]["standardized_conv2d"]["kernel"])
+  assert not served_model.weight_standardization
+  kernel = np.asarray(served["block1"]["unit01"]["conv2"]["kernel"])
   columns = kernel.reshape(-1, kernel.shape[-1])
   np.testing.assert_allclose(columns.mean(0), 0, atol=1e-6)
   np.testing.assert_allclose(columns.std(0), 1, rtol=1e-4)
-  np.testing.assert_array_equal(served["head"]["conv2d"]["kernel"],
-                                params["head"]["conv2d"]["kernel"])
-  _, expected = model.apply({"params": params}, images)
-  _, out = served_model.apply({"params": served}, images)
-  np.testing.assert_allclose(out["pre_logits"], expected["pre_logits"], rtol=1e-5, atol=1e-5)
-  # Already standardized: nothing is standardized twice.
-  assert models.for_inference(served_model, served) == (served_model, served)
+  np.testing.assert_array_equal(served["head"]["kernel"], params["head"]["kernel"])
+  expected, _ = model.apply({"params": params}, images)
+  ours, _ = served_model.apply({"params": served}, images)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  # Already hoisted: nothing is standardized twice.
+  assert models.hoist_weight_standardization(served_model)[1](served) is served
+
+
+class _UnitWithAnExtraConv(models.BottleneckUnit):
+  """A researcher's change: one more 3x3 conv on the residual branch's output."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = super().__call__(x)
+    return self.conv(y.shape[-1], (3, 3), padding=((1, 1), (1, 1)), name="extra")(y)
+
+
+def test_a_new_conv_is_weight_standardized_by_construction():
+  model = models.get_model("tiny-R14", num_classes=3).clone(unit=_UnitWithAnExtraConv)
+  images = _images(12)
+  params = model.init(jax.random.key(4), images)["params"]
+  extra = params["block2"]["unit01"]["extra"]["kernel"]
+  standardized = models.standardize_weights(params)["block2"]["unit01"]["extra"]["kernel"]
+  np.testing.assert_allclose(np.asarray(standardized).reshape(-1, extra.shape[-1]).std(0), 1,
+                             rtol=1e-4)
+  # In the forward pass too: scaling the raw kernel changes nothing after standardization.
+  scaled = jax.tree.map(lambda x: x, params)
+  scaled["block2"]["unit01"]["extra"]["kernel"] = 3.0 * extra + 1.0
+  pre_logits = lambda p: model.apply({"params": p}, images)[1]["pre_logits"]
+  np.testing.assert_allclose(pre_logits(scaled), pre_logits(params), rtol=1e-4, atol=1e-5)
+  hoisted, standardize = models.hoist_weight_standardization(model)
+  np.testing.assert_allclose(
+      hoisted.apply({"params": standardize(scaled)}, images)[1]["pre_logits"],
+      pre_logits(params), rtol=1e-4, atol=1e-5)

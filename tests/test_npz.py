@@ -47,7 +47,7 @@ def test_official_file_loads_into_the_model_tree(tmp_path):
 def test_numbered_conv_names_are_accepted(tmp_path):
   np.savez(tmp_path / "numbered.npz", **make_official_weights(conv_name="standardized_conv2d_3"))
   params = npz.load(tmp_path / "numbered.npz")
-  assert params["block1"]["unit01"]["a"]["proj"]["standardized_conv2d"]["kernel"].shape == (
+  assert params["block1"]["unit01"]["conv_proj"]["kernel"].shape == (
       1, 1, 32, 128)
 
 
@@ -68,9 +68,9 @@ def test_logits_of_a_saved_model_agree_with_the_reference(tmp_path):
   model = models.get_model("tiny-R26", num_classes=5)
   params = model.init(jax.random.key(3), IMAGES[:1])["params"]
   # A non-zero head, so the comparison covers the head too.
-  params["head"]["conv2d"]["kernel"] = jax.random.normal(
-      jax.random.key(4), params["head"]["conv2d"]["kernel"].shape)
-  params["head"]["conv2d"]["bias"] = jnp.arange(5.0)
+  params["head"]["kernel"] = jax.random.normal(
+      jax.random.key(4), params["head"]["kernel"].shape)
+  params["head"]["bias"] = jnp.arange(5.0)
   npz.save(params, tmp_path / "ours.npz")
   with np.load(tmp_path / "ours.npz") as f:
     weights = {k: f[k] for k in f.files}

@@ -22,8 +22,8 @@ def _batch(size, seed=0):
 def _state(optimizer):
   params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   # A non-zero head, so the first update moves the backbone too.
-  params["head"]["conv2d"]["kernel"] = 0.1 * jax.random.normal(
-      jax.random.key(1), params["head"]["conv2d"]["kernel"].shape)
+  params["head"]["kernel"] = 0.1 * jax.random.normal(
+      jax.random.key(1), params["head"]["kernel"].shape)
   return train_step_lib.create_train_state(params, optimizer)
 
 
@@ -100,7 +100,7 @@ def test_accumulating_k_micro_batches_equals_one_big_batch(devices):
 def test_eval_step_counts_only_unmasked_examples():
   params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   # Fixed logits: a head whose bias alone decides, so every example predicts class 2.
-  params["head"]["conv2d"]["bias"] = jnp.array([0.0, 1.0, 3.0, 2.0])
+  params["head"]["bias"] = jnp.array([0.0, 1.0, 3.0, 2.0])
   labels = np.eye(4, dtype=np.float32)[[2, 2, 3, 0, 2, 1]]
   batch = {"image": np.zeros((6, 32, 32, 3), np.float32), "label": labels,
            "_mask": np.array([1, 1, 1, 1, 0, 0], bool)}

@@ -1,0 +1,77 @@
+"""The XLA:CPU-tuned kernels against autodiff of the plain formulations they replace."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bit_jax import cpu_kernels, models
+
+
+def _plain_group_norm_relu(x, scale, bias):
+  return jax.nn.relu(models.group_norm(x, scale, bias))
+
+
+@pytest.mark.parametrize("spread,offset", [(2.0, 1.0), (0.5, -3.0)])
+def test_group_norm_relu_values_and_gradients_match_autodiff_of_the_plain_one(spread, offset):
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(offset, spread, (3, 5, 6, 64)), jnp.float32)
+  scale = jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=64), jnp.float32)
+  grad = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  expected, expected_vjp = jax.vjp(_plain_group_norm_relu, x, scale, bias)
+  ours, ours_vjp = jax.vjp(cpu_kernels.group_norm_relu, x, scale, bias)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+  assert 0.2 < float(jnp.mean(ours > 0)) < 0.8  # The ReLU's mask is part of the test.
+  for name, a, b in zip(("x", "scale", "bias"), ours_vjp(grad), expected_vjp(grad)):
+    scale_of_b = float(jnp.max(jnp.abs(b)))
+    assert float(jnp.max(jnp.abs(a - b))) < 1e-5 * scale_of_b, name
+
+
+def test_group_norm_relu_keeps_bfloat16_activations_in_bfloat16():
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 4, 4, 32)), jnp.bfloat16)
+  scale, bias = jnp.ones(32), jnp.zeros(32)
+  y, vjp = jax.vjp(cpu_kernels.group_norm_relu, x, scale, bias)
+  dx, dscale, _ = vjp(jnp.ones_like(y))
+  assert y.dtype == dx.dtype == jnp.bfloat16 and dscale.dtype == jnp.float32
+  expected = _plain_group_norm_relu(x.astype(jnp.float32), scale, bias)
+  np.testing.assert_allclose(y.astype(jnp.float32), expected, atol=0.05)
+
+
+def test_max_pool_values_and_gradients_match_the_plain_pool():
+  rng = np.random.default_rng(9)
+  x = rng.normal(size=(2, 9, 12, 5)).astype(np.float32)
+  x[0, 2:5, 2:6, 0] = 1.5          # ties inside and across windows
+  x[1, :, :, 1] = 0.0              # a constant channel: every window is one tie
+  x[1, :, :, 2] = -1.0             # all negative: the zero padding wins at the border
+  x = jnp.asarray(x)
+  expected, expected_vjp = jax.vjp(models.max_pool_zero_padded, x)
+  ours, ours_vjp = jax.vjp(cpu_kernels.max_pool_zero_padded, x)
+  np.testing.assert_array_equal(ours, expected)
+  grad = jnp.asarray(rng.normal(size=expected.shape), jnp.float32)
+  # The same element of each window gets the gradient; sums of overlaps may round apart.
+  np.testing.assert_allclose(ours_vjp(grad)[0], expected_vjp(grad)[0], rtol=0, atol=1e-6)
+  nan = cpu_kernels.max_pool_zero_padded(x.at[0, 0, 0, 0].set(jnp.nan))
+  assert bool(jnp.isnan(nan[0, 0, 0, 0]))
+
+
+def test_the_cpu_model_computes_the_plain_model_and_its_gradient():
+  plain = models.get_model("tiny-R14", num_classes=4, kernels="plain")
+  tuned = models.get_model("tiny-R14", num_classes=4, kernels="cpu")
+  assert tuned.norm_act is cpu_kernels.GroupNormReLU
+  images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  labels = jax.nn.one_hot(jnp.array([1, 3]), 4)
+  params = plain.init(jax.random.key(0), images)["params"]
+  assert jax.tree.structure(tuned.init(jax.random.key(0), images)["params"]) == (
+      jax.tree.structure(params))
+  params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1),
+                                                     params["head"]["kernel"].shape)
+
+  def loss(model, p):
+    logits, _ = model.apply({"params": p}, images)
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
+
+  expected, expected_grads = jax.value_and_grad(lambda p: loss(plain, p))(params)
+  ours, grads = jax.value_and_grad(lambda p: loss(tuned, p))(params)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=0, atol=1e-4 * float(np.max(np.abs(b))) + 1e-7), grads, expected_grads)

@@ -1,43 +1,49 @@
 """VTAB-1k: fine-tune one pretrained model on the 19 tasks, for each seed.
 
-    python -m bit_jax.vtab run --model=BiT-M-R50x1 --init=BiT-M-R50x1.npz --tasks=all \
-        --protocol=hyperrule --seeds=0,1,2 --workdir=/tmp/vtab --tfds_data_dir=/data/tfds
+    python -m bit_jax.vtab run \
+        --config=configs/vtab.py:model=BiT-M-R50x1,init=BiT-M-R50x1.npz,tasks=all \
+        --config.seeds=0,1,2 --config.data_dir=/data/tfds --workdir=/tmp/vtab
 
 runs the BiT-HyperRule on each task's train800val200 (1000 examples: 500 steps at batch 512,
 lr 0.003, no MixUp; 160/128 px for images under 96x96, else 448/384), reports top-1 and ECE on
 the whole test split, and writes /tmp/vtab/results.json and /tmp/vtab/report/. The BiT paper's
 19-task means are 70.6% for BiT-M and 66.9% for BiT-S, both with the largest model, R152x4
-(Table 2). `--protocol=sweep` fine-tunes every (learning rate, steps) candidate on
-train800, keeps the best top-1 on val200 and retrains it on train800val200.
+(Table 2). `:protocol=sweep` (or `--config.protocol=sweep`) fine-tunes every (learning rate,
+steps) candidate on train800, keeps the best top-1 on val200 and retrains it on train800val200.
 
-`python -m bit_jax.vtab run` builds its config here and sets the fields its flags name; every
-field `finetune.make_plan` and `finetune.finetune` read is here or in
-`common.add_hyperrule_finetuning`.
+Variants, `configs/vtab.py:key=value,...`: model, init, tasks (all, a group: natural,
+specialized, structured, or one task; `,` separates variants, so several tasks go in
+`--config.tasks=cifar100,dtd`) and protocol. Any field: `--config.FIELD=VALUE`; tuples take
+commas, `--config.seeds=0,1,2 --config.resolution=448,384`. Every field `finetune.make_plan`
+and `finetune.finetune` read is here or in `common.add_hyperrule_finetuning`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
 # The VTAB study's lightweight sweep (Zhai et al. 2019), the "4 HPs" the BiT paper's Fig. 3
-# compares BiT-HyperRule with: values recalled, not confirmed against a stored copy; flags.
+# compares BiT-HyperRule with: values recalled, not confirmed against a stored copy; set
+# others with --config.sweep_lrs=... --config.sweep_steps=...
 SWEEP_LRS = (0.01, 0.1)
 SWEEP_STEPS = (2500, 10_000)
 
 
 def get_config(arg=None):
-  del arg  # No variants: the command line sets the fields.
+  args = common.parse_arg(arg, model="BiT-M-R50x1", init="", tasks="all", protocol="hyperrule")
   c = ml_collections.ConfigDict()
-  c.model = "BiT-M-R50x1"  # A release name; must match the checkpoint's architecture.
-  c.init = ""  # Official .npz, or a train.py workdir; "" fine-tunes from scratch.
-  c.tasks = "all"  # all, a group (natural, specialized, structured) or task names, a,b,c.
-  c.protocol = "hyperrule"  # hyperrule, or sweep.
+  c.model = args.model  # A release name; must match the checkpoint's architecture.
+  c.init = args.init  # Official .npz, or a train.py workdir; "" fine-tunes from scratch.
+  c.tasks = args.tasks  # all, a group (natural, specialized, structured) or task names, a,b,c.
+  c.protocol = args.protocol  # hyperrule, or sweep.
   c.seeds = (0,)  # One fine-tuning per seed and task: data order (and init from scratch).
-  c.data_dir = None  # TFDS data_dir holding the prepared datasets; None is TFDS's default.
+  # A typed None: ml_collections cannot override a plain None from the command line.
+  c.data_dir = config_dict.placeholder(str)  # TFDS data_dir of the datasets; None: TFDS's.
   c.resolution = ()  # (resize, crop); () picks the HyperRule's from the task's image size.
   common.add_hyperrule_finetuning(c)  # VTAB-1k: 500 steps, no MixUp (1000 examples).
   c.shuffle_buffer = 1000  # Holds all of train800val200.
-  c.log_every_steps = 100
+  c.log_every_steps = 100  # Logs the training loss and learning rate this often.
 
   c.sweep_lrs = SWEEP_LRS  # Sweep: base learning rates tried.
   c.sweep_steps = SWEEP_STEPS  # Sweep: schedule lengths tried, the HyperRule's shape rescaled.

@@ -2,10 +2,14 @@
 
     python -m bit_jax.vtab list [--json] [TASK_OR_GROUP ...]
     python -m bit_jax.vtab report --results results.json --out_dir DIR [--compare Sup-100% ...]
-    python -m bit_jax.vtab run --model=BiT-M-R50x1 --init=BiT-M-R50x1.npz --workdir=DIR \
-        [--tasks=all|natural|cifar100,dtd] [--protocol=hyperrule|sweep] [--seeds=0,1,2] ...
+    python -m bit_jax.vtab run --config=configs/vtab.py[:ARGS] --workdir=DIR \
+        [--config.FIELD=VALUE ...]
 
-One subcommand per job: each is a parser in `parser()` plus a function taking the parsed args.
+e.g. `run --config=configs/vtab.py:model=BiT-M-R50x1,init=BiT-M-R50x1.npz,tasks=natural
+--config.seeds=0,1,2 --workdir=DIR`. `list` and `report` are each a parser in `parser()` plus
+a function taking the parsed args. `run` is configured like train.py and transfer.py: absl
+flags, `--workdir` and an ml_collections config file whose fields `--config.FIELD=VALUE` set
+(configs/vtab.py lists them), then one library call, `bit_jax.vtab.run.run(config, workdir)`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ import json
 import sys
 from typing import Sequence
 
-from absl import logging
+import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
 
 from bit_jax import entry
 from bit_jax.errors import UserError
 from bit_jax.vtab import registry, report
 from bit_jax.vtab import run as vtab_run
-from configs import vtab as vtab_config
+
+RUN_USAGE = ("python -m bit_jax.vtab run --config=configs/vtab.py[:ARGS] --workdir=DIR "
+             "[--config.FIELD=VALUE ...]")
+# Tuple fields, set as `--config.seeds=0,1,2`: (item type, example). ml_collections keeps an
+# item it cannot read as a literal as a string (`--config.seeds=one` gives ('one',)).
+NUMBER_TUPLES = {"seeds": (int, "0,1,2"), "resolution": (int, "448,384"),
+                 "sweep_lrs": (float, "0.01,0.1"), "sweep_steps": (int, "2500,10000")}
 
 
 def list_tasks(args: argparse.Namespace) -> None:
@@ -51,49 +63,70 @@ def write_report(args: argparse.Namespace) -> None:
   print("\n".join(str(p) for p in paths.values()))
 
 
-def run_tasks(args: argparse.Namespace) -> None:
-  outcome = vtab_run.run(run_config(args), args.workdir)
+def run_tasks(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Runs what is not finished; prints where results.json and the report are; exit 1 names
+  the tasks that failed."""
+  outcome = vtab_run.run(config, workdir)
   print(outcome.results_path)
   print(outcome.report_paths["md"])
   if outcome.failed:
     print(f"error: {len(outcome.failed)} VTAB task(s) failed: {', '.join(outcome.failed)} "
-          f"(tracebacks in {args.workdir}/runs/TASK/{vtab_run.ERROR_NAME}); rerun to retry them",
+          f"(tracebacks in {workdir}/runs/TASK/{vtab_run.ERROR_NAME}); rerun to retry them",
           file=sys.stderr)
     sys.exit(entry.EXIT_FAILED)
 
 
-def run_config(args: argparse.Namespace):
-  """configs/vtab.py with the fields the flags set."""
-  config = vtab_config.get_config()
-  config.update(model=args.model, init=args.init, tasks=args.tasks, protocol=args.protocol,
-                data_dir=args.tfds_data_dir, seeds=_numbers(args.seeds, "--seeds"))
-  if args.resolution:
-    config.resolution = _resolution(args.resolution)
-  if args.sweep_lrs:
-    config.sweep_lrs = _numbers(args.sweep_lrs, "--sweep_lrs", float)
-  if args.sweep_steps:
-    config.sweep_steps = _numbers(args.sweep_steps, "--sweep_steps")
-  for field in ("total_steps", "batch_size", "eval_batch_size", "accum_steps", "remat",
-                "dtype"):
-    if getattr(args, field) is not None:
-      config[field] = getattr(args, field)
-  return config
+def run_command(argv: Sequence[str]) -> None:
+  parsed = run_flags(argv)
+  if parsed is not None:  # None: it printed the help.
+    run_tasks(*parsed)
 
 
-def _numbers(text: str, flag: str, kind=int) -> tuple:
-  """`0,1,2` -> (0, 1, 2); anything else fails with one line."""
+def run_flags(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str] | None:
+  """`run`'s arguments -> (config, workdir), parsed as train.py's absl flags are; None after
+  printing the help for `--help`.
+
+  The flags live in their own FlagValues, not absl's global FLAGS, so each call parses afresh
+  and `main` can run more than once in a process (tests, a notebook).
+  """
+  argv = ["python -m bit_jax.vtab run", *argv]
+  if "--config" in argv[:-1]:  # `--config FILE` as `--config=FILE`, the form entry checks.
+    at = argv.index("--config")
+    argv[at:at + 2] = [f"--config={argv[at + 1]}"]
+  entry.check_config_overrides(argv)  # An unknown --config.KEY or variant: one line, exit 2.
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "Where results go; rerunning skips what is finished.",
+                      flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", None, "configs/vtab.py[:ARGS]",
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.mark_flag_as_required("config", flag_values=flag_values)
+  flags.register_validator("workdir", bool, "give the directory results go to, --workdir=DIR",
+                           flag_values=flag_values)  # Missing or empty: not the cwd.
+  if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+    print(f"usage: {RUN_USAGE}\n\nThe config's fields and variants: configs/vtab.py.\n\n"
+          f"{flag_values.get_help().lstrip()}")
+    return None
   try:
-    return tuple(kind(item) for item in text.split(",") if item.strip())
-  except ValueError:
-    raise UserError(f"{flag} takes comma-separated {kind.__name__}s, e.g. "
-                    f"{flag}={'0,1,2' if kind is int else '0.01,0.1'}; got {text!r}") from None
+    extra = flag_values(argv)[1:]
+  except flags.Error as e:  # E.g. a missing --workdir, an old-style --seeds=0, a bad value.
+    raise UserError(f"{str(e).rstrip('.')}; usage: {RUN_USAGE}") from None
+  if extra:
+    raise UserError(f"unexpected arguments {' '.join(extra)}; usage: {RUN_USAGE}")
+  check_number_tuples(flag_values.config)
+  return flag_values.config, flag_values.workdir
 
 
-def _resolution(text: str) -> tuple[int, int]:
-  values = _numbers(text, "--resolution")
-  if len(values) != 2:
-    raise UserError(f"--resolution takes RESIZE,CROP, e.g. 448,384; got {text!r}")
-  return values
+def check_number_tuples(config: ml_collections.ConfigDict) -> None:
+  """The tuple fields hold numbers of the right kind, resolution two of them."""
+  for field, (kind, example) in NUMBER_TUPLES.items():
+    values = config[field]
+    if not all(isinstance(v, (int, float) if kind is float else int) and
+               not isinstance(v, bool) for v in values):
+      raise UserError(f"--config.{field} takes comma-separated {kind.__name__}s, e.g. "
+                      f"--config.{field}={example}; got {','.join(map(str, values))}")
+  if config.resolution and len(config.resolution) != 2:
+    raise UserError(f"--config.resolution takes RESIZE,CROP, e.g. --config.resolution=448,384; "
+                    f"got {','.join(map(str, config.resolution))}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,37 +149,18 @@ def parser() -> argparse.ArgumentParser:
                          help="published methods (rows of published_results.csv)")
   reporting.set_defaults(job=write_report)
 
-  running = commands.add_parser(
-      "run", help="fine-tune and evaluate tasks; resumable; writes results.json and the report")
-  running.add_argument("--model", required=True, help="release name, e.g. BiT-M-R50x1")
-  running.add_argument("--init", required=True,
-                       help="official .npz or a train.py workdir; '' fine-tunes from scratch")
-  running.add_argument("--workdir", required=True,
-                       help="where results go; rerunning skips what is finished there")
-  running.add_argument("--tasks", default="all",
-                       help=f"all, a group ({', '.join(registry.GROUPS)}) or task names, "
-                            "comma-separated")
-  running.add_argument("--protocol", default="hyperrule",
-                       help=f"{' or '.join(vtab_run.PROTOCOLS)}: one BiT-HyperRule run on "
-                            "train800val200, or the lr x steps sweep chosen on val200")
-  running.add_argument("--tfds_data_dir", default=None, help="TFDS data_dir of the datasets")
-  running.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
-  running.add_argument("--resolution", default="",
-                       help="RESIZE,CROP for every task; default: the HyperRule's per task")
-  running.add_argument("--total_steps", type=int, help="hyperrule: rescale its 500 steps")
-  running.add_argument("--batch_size", type=int)
-  running.add_argument("--eval_batch_size", type=int)
-  running.add_argument("--accum_steps", type=int, help="micro-batches per step; same result")
-  running.add_argument("--remat", action="store_true", default=None,
-                       help="recompute each unit in the backward pass: less memory")
-  running.add_argument("--dtype", help="float32 or bfloat16 compute")
-  running.add_argument("--sweep_lrs", default="", help="sweep: e.g. 0.01,0.1")
-  running.add_argument("--sweep_steps", default="", help="sweep: e.g. 2500,10000")
-  running.set_defaults(job=run_tasks)
+  # `main` hands `run` to `run_command` before this parser sees it; listed for --help.
+  commands.add_parser("run", add_help=False,
+                      help="fine-tune and evaluate tasks; resumable; writes results.json and "
+                           f"the report: {RUN_USAGE}")
   return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["run"]:
+    entry.run(lambda: run_command(argv[1:]))
+    return
   args = parser().parse_args(argv)
   entry.run(lambda: args.job(args))
 

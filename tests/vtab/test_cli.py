@@ -1,4 +1,9 @@
-"""`python -m bit_jax.vtab`: list and report, in process and once as a real command."""
+"""`python -m bit_jax.vtab`: list, report and run's command line, in process and as a real
+command.
+
+`run`'s tests stop at `bit_jax.vtab.run.run`, which a fake stands in for: they check what
+config and workdir the command line gives it (tests/vtab/test_run.py runs it for real).
+"""
 
 import json
 import os
@@ -10,6 +15,11 @@ import pytest
 
 from bit_jax.vtab import __main__ as cli
 from bit_jax.vtab import registry
+from bit_jax.vtab import run as vtab_run
+from configs import vtab as vtab_config
+
+ROOT = pathlib.Path(__file__).parents[2]
+CONFIG = ROOT / "configs" / "vtab.py"
 
 
 def run_cli(capsys, *argv):
@@ -20,6 +30,9 @@ def run_cli(capsys, *argv):
 def test_list_json_is_the_registry(capsys):
   records = json.loads(run_cli(capsys, "list", "--json"))
   assert records == [registry.as_json(task) for task in registry.TASKS]
+  for record in records:  # What scripts read: these keys stay.
+    assert set(record) == {"name", "group", "tfds", "num_classes", "splits"}
+    assert set(record["splits"]) == {"train800", "val200", "train800val200", "test"}
   assert records[0]["splits"]["val200"] == "train[2754:2954]"  # caltech101's tail of train.
 
 
@@ -66,8 +79,108 @@ def test_module_command_prints_the_json_registry():
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   done = subprocess.run([sys.executable, "-m", "bit_jax.vtab", "list", "--json"],
                         capture_output=True, text=True, env=env, timeout=120, check=False,
-                        cwd=pathlib.Path(__file__).parents[2])  # The repository root.
+                        cwd=ROOT)
   assert done.returncode == 0, done.stderr[-2000:]
   records = json.loads(done.stdout)
   assert len(records) == 19
   assert all(set(r) == {"name", "group", "tfds", "num_classes", "splits"} for r in records)
+
+
+# --- run: --config=configs/vtab.py[:ARGS] --workdir=DIR [--config.FIELD=VALUE ...] -------------
+
+@pytest.fixture
+def fake_run(monkeypatch):
+  """Stands in for `vtab.run.run`: `calls` gets each (config, workdir); `failed` sets the
+  outcome's failed tasks. Bad input is checked as the real one checks it, first."""
+
+  class Fake:
+    def __init__(self):
+      self.calls, self.failed = [], ()
+
+    def __call__(self, config, workdir):
+      vtab_run.select_tasks(config.tasks)
+      vtab_run.check_config(config)
+      self.calls.append((config, workdir))
+      workdir = pathlib.Path(workdir)
+      return vtab_run.Outcome({}, self.failed, workdir / vtab_run.RESULTS_NAME,
+                              {"md": workdir / "report" / "report.md"})
+
+  fake = Fake()
+  monkeypatch.setattr(vtab_run, "run", fake)
+  return fake
+
+
+def test_run_config_variants_and_overrides_reach_the_config(fake_run, tmp_path, capsys):
+  out = run_cli(capsys, "run",
+                f"--config={CONFIG}:model=BiT-S-R50x1,init=x.npz,tasks=natural,protocol=sweep",
+                f"--workdir={tmp_path}", "--config.seeds=0,1", "--config.resolution=448,384",
+                "--config.sweep_lrs=0.03", "--config.sweep_steps=100,200",
+                "--config.data_dir=/data/tfds", "--config.remat", "--config.accum_steps=4",
+                "--config.dtype=bfloat16")
+  [(config, workdir)] = fake_run.calls
+  assert workdir == str(tmp_path)
+  assert (config.model, config.init, config.tasks, config.protocol) == (
+      "BiT-S-R50x1", "x.npz", "natural", "sweep")
+  assert (config.seeds, config.resolution, config.sweep_lrs, config.sweep_steps) == (
+      (0, 1), (448, 384), (0.03,), (100, 200))
+  assert (config.data_dir, config.remat, config.accum_steps, config.dtype) == (
+      "/data/tfds", True, 4, "bfloat16")
+  assert out.split() == [str(tmp_path / "results.json"), str(tmp_path / "report" / "report.md")]
+
+
+def test_run_without_overrides_is_configs_vtab_py(fake_run, capsys):
+  run_cli(capsys, "run", f"--config={CONFIG}", "--workdir=w", "--config.init=")
+  [(config, _)] = fake_run.calls
+  assert config.to_dict() == vtab_config.get_config().to_dict()
+  assert (config.tasks, config.protocol, config.seeds, config.data_dir) == (
+      "all", "hyperrule", (0,), None)
+  assert config.is_locked  # A typo in code that sets a field fails too.
+
+
+def test_run_names_failed_tasks_and_exits_1(fake_run, tmp_path, capsys):
+  fake_run.failed = ("dtd", "svhn")
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["run", f"--config={CONFIG}:tasks=natural", f"--workdir={tmp_path}"])
+  out, err = capsys.readouterr()
+  assert exit_.value.code == 1
+  assert out.split()[0] == str(tmp_path / "results.json")  # Results are still written.
+  assert err.strip().splitlines()[-1] == (
+      f"error: 2 VTAB task(s) failed: dtd, svhn (tracebacks in {tmp_path}/runs/TASK/"
+      "error.txt); rerun to retry them")
+
+
+@pytest.mark.parametrize("variant,flags,message", [
+    ("", ["--config.seed=1"], "unknown config key 'seed' in --config.seed; valid keys: accum"),
+    (":protocl=sweep", [], "bad config argument 'protocl=sweep'; valid: model=..., init=..."),
+    (":tasks=cifar100,dtd", [], "bad config argument 'dtd'"),  # Use --config.tasks=a,b.
+    (":protocol=grid", [], "unknown protocol 'grid'; valid: hyperrule, sweep"),
+    ("", ["--config.tasks=cifar10"], "unknown VTAB task or group 'cifar10'"),
+    ("", ["--config.seeds=one"], "--config.seeds takes comma-separated ints, e.g. "
+                                 "--config.seeds=0,1,2; got one"),
+    ("", ["--config.sweep_steps=2,1e3"], "--config.sweep_steps takes comma-separated ints"),
+    ("", ["--config.resolution=448"], "--config.resolution takes RESIZE,CROP, e.g."),
+    ("", ["--config.batch_size=big"], "flag --config.batch_size=big: invalid literal for int"),
+    ("", ["--seeds=0,1"], "Unknown command line flag 'seeds'; usage: python -m bit_jax.vtab "
+                          "run --config=configs/vtab.py[:ARGS] --workdir=DIR"),
+    ("", ["--workdir="], "flag --workdir=: give the directory results go to, --workdir=DIR"),
+])
+def test_run_bad_input_exits_with_one_line(variant, flags, message, fake_run, tmp_path,
+                                           capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["run", f"--config={CONFIG}{variant}", f"--workdir={tmp_path / 'work'}", *flags])
+  err = capsys.readouterr().err.strip()
+  assert exit_.value.code == 2 and "\n" not in err, err
+  assert err.startswith(f"error: {message}"), err
+  assert not fake_run.calls and not (tmp_path / "work").exists()
+
+
+def test_module_command_run_with_an_unknown_key_exits_2():
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  done = subprocess.run([sys.executable, "-m", "bit_jax.vtab", "run", "--config=configs/vtab.py",
+                         "--workdir=unused", "--config.seed=1"],
+                        capture_output=True, text=True, env=env, timeout=120, check=False,
+                        cwd=ROOT)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      "error: unknown config key 'seed' in --config.seed")
+  assert not (ROOT / "unused").exists()

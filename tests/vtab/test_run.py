@@ -25,11 +25,13 @@ from bit_jax.vtab import registry
 from bit_jax.vtab import run as vtab_run
 
 ROOT = pathlib.Path(__file__).parents[2]
+CONFIG = ROOT / "configs" / "vtab.py"
 NUM_EXAMPLES = 8  # Per split: mock data ignores split slicing.
 OBJECTS = 5  # Every unknown dimension (objects, image height and width) in the mock examples.
 PETS_PREPARED_VERSION = "3.2.0"
 # The cheapest honest run: the smallest crop and batch, one step per task.
-TINY = ["--resolution=36,32", "--total_steps=1", "--batch_size=8", "--eval_batch_size=8"]
+TINY = ["--config.resolution=36,32", "--config.total_steps=1", "--config.batch_size=8",
+        "--config.eval_batch_size=8"]
 # The end-to-end model: one bottleneck unit, the smallest BiT ResNet-v2. Each task compiles
 # its own train step (one per class count); depth is not what the run is tested for, and one
 # unit compiles 3x faster than tiny-R14's four.
@@ -103,7 +105,7 @@ def end_to_end(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("vtab")
   model = models.ResNetV2(SMALLEST_ARCHITECTURE, num_classes=10)
   npz.save(finetune.init_params(model, jax.random.key(0), 32), tmp / "pretrained.npz")
-  args = ["run", f"--model={SMALLEST}", *TINY, f"--init={tmp / 'pretrained.npz'}",
+  args = ["run", f"--config={CONFIG}:model={SMALLEST},init={tmp / 'pretrained.npz'}", *TINY,
           f"--workdir={tmp / 'work'}"]
   env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
          # Compiling dominates: without XLA's CPU optimizations it takes ~40% less time,
@@ -162,8 +164,8 @@ class FakeFinetune:
     self.calls, self.score, self.fail = [], score, fail
 
   def __call__(self, model, params, train_source, train_split, test_source, test_split,
-               num_classes, plan, *, seed, config, mesh, cache_train=False):
-    del model, params, test_source, config, mesh, cache_train
+               num_classes, plan, *, seed, mesh, cache_train=False):
+    del model, params, test_source, mesh, cache_train
     call = {"task": train_source.name, "train": train_split, "eval": test_split,
             "num_classes": num_classes, "lr": plan.base_lr, "steps": plan.schedule[-1],
             "seed": seed}
@@ -182,8 +184,11 @@ def fake_run(tmp_path, monkeypatch):
     monkeypatch.setattr(finetune, "finetune", fake)
     with mock_data(tmp_path / "mock"):
       try:
-        cli.main(["run", "--model=tiny-R14", *TINY, "--init=", f"--workdir={tmp_path / 'work'}",
-                  *flags])
+        # ml_collections joins a tuple field given twice ((36, 32, 20, 16)): one of each.
+        named = {flag.split("=")[0] for flag in flags}
+        tiny = [flag for flag in TINY if flag.split("=")[0] not in named]
+        cli.main(["run", f"--config={CONFIG}:model=tiny-R14,init=", *tiny,
+                  f"--workdir={tmp_path / 'work'}", *flags])
       except SystemExit as exit_:
         return exit_.code
     return 0
@@ -192,7 +197,7 @@ def fake_run(tmp_path, monkeypatch):
 
 def test_a_failing_task_is_reported_and_retried_alone(fake_run, tmp_path, capsys, caplog):
   workdir = tmp_path / "work"
-  tasks = "--tasks=cifar100,dtd,svhn"
+  tasks = "--config.tasks=cifar100,dtd,svhn"
   assert fake_run(FakeFinetune(fail=("dtd",)), tasks) == 1
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
       "error: 1 VTAB task(s) failed: dtd (tracebacks in")
@@ -211,7 +216,7 @@ def test_a_failing_task_is_reported_and_retried_alone(fake_run, tmp_path, capsys
   assert not (workdir / "runs" / "dtd" / "error.txt").exists()
 
   # Another task alone: results.json and the report keep the tasks finished before.
-  assert fake_run(FakeFinetune(score=lambda call: 0.25), "--tasks=eurosat") == 0
+  assert fake_run(FakeFinetune(score=lambda call: 0.25), "--config.tasks=eurosat") == 0
   results = json.loads((workdir / "results.json").read_text())
   assert results == {"cifar100": [0.5], "dtd": [0.75], "svhn": [0.5], "eurosat": [0.25]}
   assert "| cifar100 | natural | 50.0 | 1 |" in (workdir / "report" / "report.md").read_text()
@@ -231,8 +236,8 @@ def _sweep_score(call):
 
 
 def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
-  sweep = ["--protocol=sweep", "--sweep_lrs=0.01,0.1", "--sweep_steps=2,4",
-           "--tasks=cifar100", "--seeds=0,1", "--total_steps=0"]
+  sweep = ["--config.protocol=sweep", "--config.sweep_lrs=0.01,0.1", "--config.sweep_steps=2,4",
+           "--config.tasks=cifar100", "--config.seeds=0,1", "--config.total_steps=0"]
   fake = FakeFinetune(score=_sweep_score)
   assert fake_run(fake, *sweep) == 0
   splits = registry.get("cifar100").splits
@@ -261,39 +266,41 @@ def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
 # --- Bad input --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags,message", [
-    (["--tasks=cifar10"], "unknown VTAB task or group 'cifar10'; valid groups: natural"),
-    (["--tasks=,"], "no VTAB tasks in ','"),
-    (["--protocol=grid"], "unknown protocol 'grid'; valid: hyperrule, sweep"),
-    (["--resolution=448"], "--resolution takes RESIZE,CROP, e.g. 448,384; got '448'"),
-    (["--resolution=big,small"], "--resolution takes comma-separated ints"),
-    (["--resolution=20,16"], "resolution (resize 20, crop 16) is too small for tiny-R14"),
-    (["--seeds=one"], "--seeds takes comma-separated ints, e.g. --seeds=0,1,2; got 'one'"),
-    (["--model=R50"], "unknown model 'R50'; valid models: BiT-S-R50x1"),
-    (["--dtype=float16"], "unknown dtype 'float16'; valid: float32, bfloat16"),
-    (["--protocol=sweep", "--total_steps=2"], "--total_steps shortens the hyperrule"),
-    (["--init=missing.npz"], "checkpoint 'missing.npz' does not exist"),
+    (["--config.tasks=cifar10"], "unknown VTAB task or group 'cifar10'; valid groups: natural"),
+    (["--config.tasks=,"], "no VTAB tasks in ','"),
+    (["--config.protocol=grid"], "unknown protocol 'grid'; valid: hyperrule, sweep"),
+    (["--config.resolution=448"], "--config.resolution takes RESIZE,CROP, e.g. "
+                                  "--config.resolution=448,384; got 448"),
+    (["--config.resolution=big,small"], "--config.resolution takes comma-separated ints"),
+    (["--config.resolution=20,16"], "resolution (resize 20, crop 16) is too small for tiny-R14"),
+    (["--config.seeds=one"], "--config.seeds takes comma-separated ints, e.g. "
+                             "--config.seeds=0,1,2; got one"),
+    (["--config.model=R50"], "unknown model 'R50'; valid models: BiT-S-R50x1"),
+    (["--config.dtype=float16"], "unknown dtype 'float16'; valid: float32, bfloat16"),
+    (["--config.protocol=sweep", "--config.total_steps=2"], "--total_steps shortens the hyperrule"),
+    (["--config.init=missing.npz"], "checkpoint 'missing.npz' does not exist"),
 ])
 def test_bad_input_exits_with_one_line(flags, message, fake_run, tmp_path, capsys):
-  assert fake_run(FakeFinetune(), "--tasks=dtd", *flags) == 2
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd", *flags) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"error: {message}") and "\n" not in err, err
   assert not (tmp_path / "work").exists()
 
 
 def test_a_workdir_of_other_settings_is_refused(fake_run, tmp_path, capsys):
-  assert fake_run(FakeFinetune(), "--tasks=dtd") == 0
-  assert fake_run(FakeFinetune(), "--tasks=dtd", "--batch_size=16") == 2
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 0
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd", "--config.batch_size=16") == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"error: {tmp_path / 'work'} holds results of other settings "
                         "(batch_size 8 -> 16); rerun with the same ones") and "\n" not in err
 
 
 def test_run_flags_reach_the_config():
-  base = ["run", "--model=tiny-R14", "--init=", "--workdir=w"]
-  default = cli.run_config(cli.parser().parse_args(base))
+  base = [f"--config={CONFIG}:model=tiny-R14,init=", "--workdir=w"]
+  default, _ = cli.run_flags(base)
   assert (default.remat, default.accum_steps, default.dtype) == (False, 1, "float32")
-  memory_savers = cli.run_config(cli.parser().parse_args(
-      base + ["--remat", "--accum_steps=32", "--dtype=bfloat16"]))
+  memory_savers, _ = cli.run_flags(
+      base + ["--config.remat", "--config.accum_steps=32", "--config.dtype=bfloat16"])
   assert (memory_savers.remat, memory_savers.accum_steps, memory_savers.dtype) == (
       True, 32, "bfloat16")
 

@@ -1,7 +1,8 @@
 r"""Do the backend-tuned kernels pay? A same-run A/B of the plain model against each variant.
 
 Builds the model with its plain operations (`kernels="plain"`, what accelerators run), with
-all of `bit_jax.cpu_kernels.OPS`, and with each of those alone; compiles the real train step
+all of `bit_jax.cpu_kernels.OPS`, and with all of them but one (what each one adds to the
+tuned model); compiles the real train step
 (`bit_jax.train_step.make_train_step`: SGD momentum 0.9 with weight decay, softmax
 cross-entropy, state donated) and the forward our evaluators run (kernels standardized once
 per pass, `models.for_inference`) for each; then times them in turns, blocks of `--block`
@@ -44,10 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def variants() -> dict[str, dict]:
-  """Model fields per variant: the plain model, every tuned op, and each op alone."""
-  out = {"plain": {}, "all tuned": dict(cpu_kernels.OPS)}
-  if len(cpu_kernels.OPS) > 1:
-    out.update({f"{field} only": {field: op} for field, op in cpu_kernels.OPS.items()})
+  """Model fields per variant: the plain model, every tuned op, and each op left out."""
+  ops = cpu_kernels.OPS
+  out = {"plain": {}, "all tuned": dict(ops)}
+  out.update({f"all tuned but {field}": {f: op for f, op in ops.items() if f != field}
+              for field in ops})
   return out
 
 

@@ -4,8 +4,9 @@ on a CPU backend (`kernels="cpu"`), accelerators never run them.
 Each computes what its plain counterpart in `bit_jax.models` computes: tests/test_cpu_kernels.py
 checks values and gradients against autodiff of the plain formulation. Each stays only while
 a same-run A/B on CPU shows at least a 3% gain of the train or inference step
-(`benchmarks/kernels.py`, recorded in benchmarks/RESULTS.md). Their gradients are written out
-(custom VJPs), so forward-mode autodiff (`jax.jvp`) needs the plain model.
+(`benchmarks/kernels.py`, recorded in benchmarks/RESULTS.md). GroupNorm + ReLU and weight
+standardization have written-out gradients (custom VJPs), so forward-mode autodiff
+(`jax.jvp`) needs the plain model.
 """
 
 from __future__ import annotations
@@ -122,24 +123,70 @@ def _group_to_channels(v: jax.Array, channels: int) -> jax.Array:
   return jnp.broadcast_to(v, (n, groups, channels // groups)).reshape(n, channels)
 
 
-def max_pool_zero_padded(x: jax.Array) -> jax.Array:
-  """`models.max_pool_zero_padded` in two separable passes of `where(a >= b, a, b)`.
+class Conv(nn.Module):
+  """`models.Conv` (a bias-free `nn.Conv`, same parameter) with its 1x1 convolutions as
+  one matrix product of the (strided) pixels with the kernel; k x k stays XLA's convolution.
 
-  The maximum over each row's three columns, then over three rows: the 3x3 window's
-  maximum, and the gradient goes to its first maximum in row-major order as XLA's
-  select-and-scatter (`nn.max_pool`'s gradient) sends it; XLA:CPU runs that
-  select-and-scatter several times slower than these elementwise passes.
+  XLA:CPU runs a 1x1 convolution, and above all its kernel gradient, well below its
+  matrix-product rate.
   """
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  first_max = lambda a, b: jnp.where((a >= b) | jnp.isnan(a), a, b)  # NaN wins, as in a max.
+  features: int
+  kernel_size: tuple[int, int]
+  strides: int = 1
+  padding: Any = "SAME"
+  dtype: Any = None
+  kernel_init: Any = nn.initializers.he_normal()
 
-  def pool(x, axis):
-    out = (x.shape[axis] - 3) // 2 + 1
-    taps = [jax.lax.slice_in_dim(x, i, i + 2 * (out - 1) + 1, 2, axis) for i in range(3)]
-    return first_max(first_max(taps[0], taps[1]), taps[2])
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    dtype = self.dtype or x.dtype
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if tuple(self.kernel_size) == (1, 1) and self.padding in ("VALID", "SAME"):
+      x = x[:, ::self.strides, ::self.strides]  # A 1x1 window needs no padding either way.
+      return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:3], -1)
+    return jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  return pool(pool(x, 2), 1)
+
+def standardize_weights(params: Any) -> Any:
+  """`models.standardize_weights` by `weight_standardize` below."""
+  return jax.tree.map(lambda p: weight_standardize(p) if p.ndim == 4 else p, params)
+
+
+@jax.custom_vjp
+def weight_standardize(kernel: jax.Array) -> jax.Array:
+  """`models.weight_standardize` with its gradient written out, in one pass.
+
+  The kernel is viewed as (H*W*in, out), so both statistics are column reductions;
+  differentiated through the two reductions, XLA:CPU ran the backward at a fraction of
+  this speed.
+  """
+  return _weight_standardize_fwd(kernel)[0]
+
+
+def _weight_standardize_fwd(kernel):
+  columns = kernel.reshape(-1, kernel.shape[-1])
+  centred = columns - jnp.mean(columns, axis=0)
+  inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=0) + models.WS_EPSILON)
+  standardized = centred * inv_std
+  return standardized.reshape(kernel.shape), (standardized, inv_std)
+
+
+def _weight_standardize_bwd(residuals, grad):
+  # d/dk of (k - mean) / std: inv_std * (g - mean(g) - w * mean(g * w)), per column.
+  standardized, inv_std = residuals
+  g = grad.reshape(standardized.shape)
+  dk = inv_std * (g - jnp.mean(g, axis=0)
+                  - standardized * jnp.mean(g * standardized, axis=0))
+  return (dk.reshape(grad.shape),)
+
+
+weight_standardize.defvjp(_weight_standardize_fwd, _weight_standardize_bwd)
 
 
 # The model fields `get_model(kernels="cpu")` replaces.
-OPS = {"norm_act": GroupNormReLU, "pool": max_pool_zero_padded}
+# Measured and dropped: the max-pool as two separable `where(a >= b)` passes (its gradient
+# avoids XLA:CPU's select-and-scatter) gained 1.8% of the train step and 1.6% of inference.
+OPS = {"conv": Conv, "norm_act": GroupNormReLU, "weight_standardization": standardize_weights}

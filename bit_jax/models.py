@@ -190,9 +190,9 @@ class ResNetV2(nn.Module):
   pool: Callable[[jax.Array], jax.Array] = max_pool_zero_padded
   dtype: Any = jnp.float32  # Compute dtype; parameters are always float32.
   remat: bool = False  # Recompute each unit's activations in the backward pass.
-  # Standardize every conv kernel in each call. False: the params hold them standardized
-  # already, as `hoist_weight_standardization` arranges for the train step.
-  weight_standardization: bool = True
+  # params -> params with every conv kernel standardized, applied in each call. None: the
+  # params hold them standardized already, as `hoist_weight_standardization` arranges.
+  weight_standardization: Callable[[Any], Any] | None = standardize_weights
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
@@ -201,8 +201,9 @@ class ResNetV2(nn.Module):
     conv = self.conv
     # Not while initializing: map_variables would store the standardized kernels, whose
     # unit scale (not He's) would shrink every effective learning rate (lr / |w|^2 under WS).
-    if self.weight_standardization and not self.is_initializing():
-      conv = nn.map_variables(conv, "params", trans_in_fn=standardize_weights, init=True)
+    if self.weight_standardization is not None and not self.is_initializing():
+      conv = nn.map_variables(conv, "params", trans_in_fn=self.weight_standardization,
+                              init=True)
     arch = self.architecture
     width = arch.base_width * arch.width_factor
     out = {}
@@ -231,9 +232,10 @@ def hoist_weight_standardization(model: ResNetV2
   once per step (and backpropagates through it once) for all its micro-batches, evaluation
   once per pass instead of in every forward call. Outputs and gradients are unchanged.
   """
-  if not model.weight_standardization:
+  standardize = model.weight_standardization
+  if standardize is None:
     return model, lambda params: params
-  return model.clone(weight_standardization=False), standardize_weights
+  return model.clone(weight_standardization=None), standardize
 
 
 def for_inference(model: ResNetV2, params: Any) -> tuple[ResNetV2, Any]:

@@ -206,8 +206,9 @@ def test_forward_mode_autodiff_runs_through_the_plain_model():
 
 def test_plain_kernels_are_the_defaults_and_auto_picks_per_backend():
   plain = models.get_model("tiny-R14", kernels="plain")
-  assert (plain.conv, plain.norm_act, plain.pool) == (
-      models.Conv, models.GroupNormAct, models.max_pool_zero_padded)
+  assert (plain.conv, plain.norm_act, plain.pool, plain.weight_standardization) == (
+      models.Conv, models.GroupNormAct, models.max_pool_zero_padded,
+      models.standardize_weights)
   auto = models.get_model("tiny-R14")
   expected = "cpu" if jax.default_backend() == "cpu" else "plain"
   assert auto == models.get_model("tiny-R14", kernels=expected)

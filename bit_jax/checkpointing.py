@@ -12,15 +12,16 @@ official layout). Upstream training starts from `restore_or_initialize`; fine-tu
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
 from bit_jax import models, pretrained, zoo
-from bit_jax.errors import UserError
+from bit_jax.errors import CheckpointError, UserError
 
 CHECKPOINT_DIR = "checkpoints"  # <workdir>/checkpoints/<step>: a train.py run's checkpoints.
 EXPORT_NAME = "params.npz"  # <workdir>/params.npz: a finished train.py run's parameters.
@@ -34,14 +35,19 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int | None = None, use_async: bool = True,
                read_only: bool = False):
+    if keep is not None and keep < 1:  # Orbax would delete every checkpoint, silently.
+      raise UserError(f"keep_checkpoints={keep} is not valid: it must be >= 1")
     self.directory = os.path.abspath(directory)
+    self._in_flight = None  # The step whose asynchronous write may still be running.
     if read_only:  # Orbax warns about (and overrides) any option that would write.
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0)
     else:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                              enable_async_checkpointing=use_async)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # The handler named up front, so that a manager that has not saved can read metadata.
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -50,7 +56,21 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Starts writing `state` as `step`; `CheckpointError` if this or the previous write
+    failed (orbax waits for the previous one here in any case)."""
+    self.wait()
+    self._in_flight = step
+    with self._writing(step):
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """`{"block1/unit01/conv1/kernel": shape, ...}` of checkpoint `step`, from its metadata
+    (no array is read)."""
+    params = self._manager.item_metadata(step)["params"]
+    leaves = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+            for path, leaf in leaves}
 
   def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
     """Checkpoint `step` (default: the latest), as `abstract_state`'s shapes, dtypes and
@@ -59,10 +79,35 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the write in flight is on disk; `CheckpointError` if it failed."""
+    with self._writing(self._in_flight):
+      self._manager.wait_until_finished()
+    self._in_flight = None
 
   def close(self) -> None:
+    self.wait()
     self._manager.close()
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None) -> Iterator[None]:
+    """Orbax's failure, raised in whichever thread, as one line naming the step and path."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self._in_flight = None
+      reason = (str(e).strip().splitlines() or [""])[0]
+      kept = sorted(int(n) for n in _listdir(self.directory) if n.isdigit())
+      raise CheckpointError(
+          f"writing checkpoint step {step} to {self.directory} failed: "
+          f"{type(e).__name__}: {reason}; the checkpoints already there are intact "
+          f"(steps: {', '.join(map(str, kept)) or 'none'})") from e
+
+
+def _listdir(directory: str) -> list[str]:
+  try:
+    return os.listdir(directory)
+  except OSError:
+    return []
 
 
 def restore_or_initialize(checkpointer: Checkpointer, abstract_state: Any,

@@ -7,8 +7,11 @@ import os
 import sys
 from typing import Callable, Sequence
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # The run failed: it diverged, or a checkpoint could not be written.
+EXIT_BAD_INPUT = 2  # A bad config, flag, file or workdir; nothing was written.
+# SIGTERM or SIGINT (Ctrl-C) stopped the run after it saved a checkpoint; rerunning the same
+# command resumes. 128 + SIGTERM, the status a shell reports for a job SIGTERM killed.
+EXIT_PREEMPTED = 143
 
 
 def prepare() -> None:
@@ -58,8 +61,9 @@ def _fail(message: str) -> None:
 
 
 def run(job: Callable[[], object]) -> None:
-  """Runs `job`; bad user input and a diverged run end with one line and a nonzero exit."""
-  from bit_jax.errors import NonFiniteLossError, UserError
+  """Runs `job`; bad user input, a diverged run and a failed checkpoint write end with one
+  line and a nonzero exit (a preempted run raises `errors.Preempted`, its own exit)."""
+  from bit_jax.errors import CheckpointError, NonFiniteLossError, UserError
   try:
     job()
   except UserError as e:
@@ -67,3 +71,10 @@ def run(job: Callable[[], object]) -> None:
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_FAILED)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    # After a failed write orbax's writer threads may never finish, and the interpreter
+    # would wait for them forever at exit: leave without joining them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FAILED)

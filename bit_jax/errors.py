@@ -1,7 +1,10 @@
-"""The exceptions entry points end a run with: bad user input, and a diverged run.
+"""The exceptions entry points end a run with: bad user input, a diverged run, a checkpoint
+that could not be written, and a preempted run.
 
-Entry points catch `UserError` and `NonFiniteLossError`, print the one-line message and exit
-nonzero; anything else is a bug and keeps its traceback.
+Entry points catch `UserError`, `NonFiniteLossError` and `CheckpointError`, print the
+one-line message and exit nonzero (`bit_jax.entry`); `Preempted` is a `SystemExit`, so a
+preempted run exits with its status from any caller. Anything else is a bug and keeps its
+traceback.
 """
 
 
@@ -11,3 +14,16 @@ class UserError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written (full disk, a vanished directory, ...); the ones
+  written before it are intact."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM or SIGINT stopped the run after it saved a checkpoint; rerunning resumes.
+
+  A `SystemExit` whose code is `bit_jax.entry.EXIT_PREEMPTED`: schedulers and scripts see
+  "stopped early, resumable" and not "done", whether the run came from train.py or not.
+  """

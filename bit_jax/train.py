@@ -23,15 +23,15 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import checkpointing, distributed, host_allocator, losses, models, npz, optim
+from bit_jax import (checkpointing, distributed, entry, host_allocator, losses, models, npz,
+                     optim, pretrained)
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import NonFiniteLossError, UserError
+from bit_jax.errors import NonFiniteLossError, Preempted, UserError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config.model` on `config.dataset` in `workdir`; returns the final eval metrics."""
   distributed.maybe_initialize(config)
-  _check_config(config)
   mesh = distributed.data_mesh()
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   host_allocator.log_advice(jax.default_backend())
@@ -40,8 +40,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            remat=config.remat, kernels=config.kernels)
   num_train = config.num_train_examples or input_pipeline.num_examples(
       config.dataset, config.train_split, data_dir=config.data_dir)
+  _check_config(config, workdir, model, num_train)  # Before anything is written.
   steps_per_epoch = num_train / config.batch_size
-  total_steps = config.total_steps or math.ceil(config.total_epochs * steps_per_epoch)
+  total_steps = _total_steps(config, num_train)
   schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
   optimizer = optim.make_optimizer(config, schedule)
   loss_fn = losses.get_loss(config.loss)
@@ -104,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {}
   step = start_step
   timer = (time.perf_counter(), step)
+  stopped_by = None  # The signal that stopped the run early, once its checkpoint is saved.
   while step < total_steps:
     batch = next(train_batches)
     state, step_metrics = train_step(state, batch)
@@ -132,22 +134,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if save:
       checkpointer.save(step, state)
     if stop and not is_last:
-      logging.warning("SIGTERM received: saved step %d, exiting to be resumed.", step)
+      # Another host's SIGTERM when this one got none (hosts agree on stopping).
+      stopped_by = preempted.signal_name or "SIGTERM"
       break
   preempted.restore()
-  checkpointer.wait()
-  checkpointer.close()
+  checkpointer.close()  # Waits for the last write; CheckpointError if it failed.
   writer.flush()
+  if stopped_by:
+    logging.warning("%s received: saved step %d of %d in %s; exiting with status %d. "
+                    "Rerun the same command to resume from step %d.", stopped_by, step,
+                    total_steps, checkpointer.directory, entry.EXIT_PREEMPTED, step)
+    raise Preempted(entry.EXIT_PREEMPTED)
   if step == total_steps and jax.process_index() == 0:
     npz.save(jax.device_get(state.params), os.path.join(workdir, checkpointing.EXPORT_NAME))
   return results
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+# Fields that must be integers >= 1, and what each counts.
+_POSITIVE_FIELDS = {
+    "batch_size": "the global batch", "accum_steps": "micro-batches per step",
+    "eval_batch_size": "the global eval batch", "log_every_steps": "steps between logs",
+    "eval_every_steps": "steps between evaluations",
+    "checkpoint_every_steps": "steps between checkpoints",
+    "keep_checkpoints": "checkpoints kept; 0 would delete them all",
+    "preemption_check_every_steps": "steps between the hosts' preemption checks",
+}
+
+
+def _check_config(config: ml_collections.ConfigDict, workdir: str, model: models.ResNetV2,
+                  num_train: int) -> None:
+  """Every check of the config and the workdir, before anything is written; `UserError`
+  (one line naming the field and what is valid) on the first that fails."""
+  for field, meaning in _POSITIVE_FIELDS.items():
+    value = config[field]
+    if not isinstance(value, int) or value < 1:
+      raise UserError(f"{field}={value!r} is not valid: it must be an integer >= 1 ({meaning})")
+  if not isinstance(config.total_steps, int) or config.total_steps < 0:
+    raise UserError(f"total_steps={config.total_steps!r} is not valid: it must be an integer "
+                    ">= 1, or 0 to run total_epochs")
+  if not config.total_steps and not config.total_epochs > 0:
+    raise UserError(f"total_epochs={config.total_epochs!r} is not valid with total_steps=0: "
+                    "it must be > 0")
   if config.batch_size % (jax.device_count() * config.accum_steps):
     raise UserError(
         f"batch_size {config.batch_size} must divide evenly over {jax.device_count()} devices "
         f"x accum_steps {config.accum_steps}")
+
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  for path in (workdir, directory):
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise UserError(f"workdir {workdir!r} is not valid: {path} is a file, not a directory "
+                      "(give a new or an existing train.py workdir)")
+  if not os.path.isdir(directory):
+    return
+  previous = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    step = previous.latest_step()
+    found = previous.param_shapes(step) if step is not None else None
+  finally:
+    previous.close()
+  if step is None:
+    return
+  total_steps = _total_steps(config, num_train)
+  if step > total_steps:
+    raise UserError(f"this workdir holds step {step}, beyond total_steps {total_steps}: set "
+                    f"total_steps >= {step} to continue it, or use another workdir")
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, config.image_size, config.image_size, 3))))["params"]
+  expected = {"/".join(k.key for k in path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  if found != expected:
+    raise UserError(f"this workdir holds a {pretrained.describe(found)} run; the config asks "
+                    f"for a {pretrained.describe(expected)} (model={config.model}, "
+                    f"num_classes={config.num_classes}): use another workdir, or the run's "
+                    "model and num_classes")
+
+
+def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  return config.total_steps or math.ceil(config.total_epochs * num_train / config.batch_size)
 
 
 def _check_finite(step_metrics: dict[str, np.ndarray], step: int,
@@ -174,18 +238,26 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 class _PreemptionFlag:
-  """True once SIGTERM arrived; the loop then saves and exits instead of dying mid-step."""
+  """True once SIGTERM or SIGINT (Ctrl-C) arrived; the loop then saves and exits instead of
+  dying mid-step. A second Ctrl-C interrupts at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self._set = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signal_name = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self._set = True
+    del frame
+    if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = self.signal_name or signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint after this step, then exiting.",
+                    signal.Signals(signum).name)
 
   def __bool__(self):
-    return self._set
+    return self.signal_name is not None

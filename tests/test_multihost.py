@@ -13,6 +13,7 @@ import sys
 import jax
 import numpy as np
 
+from bit_jax import entry
 from tests import multihost_worker
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
@@ -39,8 +40,8 @@ def _start_processes(tmp_path):
   return procs, outs
 
 
-def _finish(procs, timeout_s=TIMEOUT_S) -> list[str]:
-  """Each process's output, once all have exited; fails if one did not exit cleanly."""
+def _finish(procs, timeout_s=TIMEOUT_S, status=0) -> list[str]:
+  """Each process's output, once all have exited; fails if one exits with another status."""
   logs = []
   try:
     for p in procs:
@@ -51,7 +52,7 @@ def _finish(procs, timeout_s=TIMEOUT_S) -> list[str]:
         p.kill()
         p.wait()
   for i, p in enumerate(procs):
-    assert p.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
+    assert p.returncode == status, f"process {i} failed:\n{logs[i][-3000:]}"
   return logs
 
 
@@ -129,7 +130,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
           root=root, process_id=i, port=port, workdir=workdir)],
       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(NUM_PROCESSES)]
-  logs = _finish(procs, timeout_s=3 * TIMEOUT_S)
+  logs = _finish(procs, timeout_s=3 * TIMEOUT_S, status=entry.EXIT_PREEMPTED)
   # SIGTERM during step 3 of process 1; the hosts compare flags at steps 2, 4, ...: both
   # stop after step 4, the one checkpoint is step 4, and nothing is exported.
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]

@@ -133,7 +133,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
       break
   process.send_signal(signal.SIGTERM)
   _, rest = process.communicate(timeout=120)
-  assert process.returncode == 0, rest[-3000:]
+  assert process.returncode == entry.EXIT_PREEMPTED, rest[-3000:]
   steps = os.listdir(workdir / "checkpoints")
   assert len(steps) == 1 and 0 < int(steps[0]) < 100000
   assert not os.path.exists(workdir / EXPORT_NAME)  # Not finished: nothing exported.

@@ -3,13 +3,25 @@
 `write` writes to a temporary file in the target's directory and renames it over the target
 (`os.replace`, atomic within a filesystem): until the new file is complete, the old one is
 there as it was, and a failed write leaves no temporary file behind.
+
+The temporary file is `.<name>.<host>.<pid>.<random>.tmp` beside the target, so what a killed
+process left (it had no chance to clean up) is recognisable: each `write` first removes the
+temporary files of the same target that this host's dead processes left. Those of live
+processes, and of other hosts (whose processes cannot be checked from here), are kept.
+Files are created with mode 0666 less the umask, as by any other tool (0644 under umask 022).
+
+`move_aside` renames a file that cannot be used (a truncated result) out of the way, never
+deleting it, so that whoever reads it can redo its work and a person can still look at it.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 from typing import IO, Any, Callable
 
 import jax
@@ -20,9 +32,13 @@ Path = str | os.PathLike
 def write(path: Path, write_to: Callable[[IO], Any], *, text: bool = False) -> Path:
   """Calls `write_to(f)` on a new file (UTF-8 text if `text`, else binary) that then
   replaces `path`; returns `path`. Missing parent directories are made."""
-  directory = os.path.dirname(os.path.abspath(path))
+  directory, name = os.path.split(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
+  _remove_stale_temporary_files(directory, name)
+  tmp_path = os.path.join(directory, f".{name}.{_host()}.{os.getpid()}."
+                                     f"{secrets.token_hex(4)}.tmp")
+  # Not tempfile.mkstemp: its files are 0600 whatever the umask.
+  fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with (os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb")) as f:
       write_to(f)
@@ -39,3 +55,41 @@ def write_json(path: Path, value: Any) -> Path:
   if jax.process_index() == 0:
     write(path, lambda f: json.dump(value, f, indent=1), text=True)
   return path
+
+
+def move_aside(path: Path) -> str:
+  """Renames `path` to `<path>.unreadable-<local time>` (made unique); returns the new path."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  aside, n = f"{os.fspath(path)}.unreadable-{stamp}", 1
+  while os.path.lexists(aside):
+    n += 1
+    aside = f"{os.fspath(path)}.unreadable-{stamp}-{n}"
+  os.rename(path, aside)
+  return aside
+
+
+def _host() -> str:
+  return socket.gethostname() or "localhost"
+
+
+def _remove_stale_temporary_files(directory: str, name: str) -> None:
+  pattern = re.compile(rf"\.{re.escape(name)}\.{re.escape(_host())}\.(\d+)\.[0-9a-f]+\.tmp")
+  for entry in os.listdir(directory):
+    match = pattern.fullmatch(entry)
+    if match and not _alive(int(match.group(1))):
+      try:
+        os.unlink(os.path.join(directory, entry))
+      except FileNotFoundError:  # Another process removed it first.
+        pass
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True  # Another thread of this process may be writing the same target.
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True

@@ -4,6 +4,8 @@
 
 Reads `<workdir>/checkpoints/<step>` (the latest by default) and writes its parameters in
 the layout every BiT loader reads (`bit_jax.npz`). Training does this for its last step.
+The file is written atomically, with the umask's mode: an interrupted export leaves any
+earlier file whole, and its temporary file is removed by the next one (`bit_jax.atomic_files`).
 """
 
 from __future__ import annotations

@@ -95,10 +95,17 @@ def _rename(path: str, names: Mapping[str, str], unit_names: Mapping[str, str]) 
 
 
 def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """`{"block1/unit01/a/...": array}` from a file, conv names normalised, prefix dropped."""
+  """`{"block1/unit01/a/...": array}` from a file, conv names normalised, prefix dropped.
+
+  Every array must be finite: a file of NaNs (from a diverged run) is refused, naming the
+  first such array, rather than fine-tuned from.
+  """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"checkpoint {path!r} does not exist; expected an official BiT .npz file")
+  if not zipfile.is_zipfile(path):  # Else numpy takes it for pickled data or a .npy.
+    raise UserError(f"checkpoint {path!r} is not a zip/.npz file (truncated, or another "
+                    "format); expected an official BiT .npz such as BiT-M-R50x1.npz")
   try:
     with np.load(path, allow_pickle=False) as data:
       raw = {key: data[key] for key in data.files}
@@ -111,6 +118,10 @@ def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise UserError(f"checkpoint {path!r} is not in the official BiT layout ({found}); "
                     f"every key must start with {PREFIX!r}, e.g. "
                     f"'{PREFIX}root_block/standardized_conv2d/kernel'")
+  for key, value in raw.items():
+    if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+      raise UserError(f"checkpoint {path!r} holds NaN or Inf in {key!r}; expected finite "
+                      "parameters (was it exported from a diverged run?)")
   flat = {}
   for key, value in raw.items():
     name = _NUMBERED_CONV.sub("standardized_conv2d", key[len(PREFIX):])

@@ -1,6 +1,10 @@
 """Atomic writes: the old file stays whole until the new one is, and failures leave no trace."""
 import json
 import os
+import socket
+import stat
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -47,3 +51,45 @@ def test_only_process_zero_writes_json(tmp_path, monkeypatch):
   path = tmp_path / "r.json"
   assert atomic_files.write_json(path, {"a": 1}) == path  # Every process gets the path.
   assert not path.exists()
+
+
+def _dead_pid():
+  """The id of a process that has exited (and been reaped)."""
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid
+
+
+def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
+  host = socket.gethostname()
+  stale = tmp_path / f".params.npz.{host}.{_dead_pid()}.0badcafe.tmp"
+  live = tmp_path / f".params.npz.{host}.{os.getppid()}.0badcafe.tmp"  # Still writing.
+  other_host = tmp_path / f".params.npz.elsewhere-{host}.{_dead_pid()}.0badcafe.tmp"
+  other_target = tmp_path / f".other.npz.{host}.{_dead_pid()}.0badcafe.tmp"
+  for orphan in (stale, live, other_host, other_target):
+    orphan.write_bytes(b"half")
+  atomic_files.write(tmp_path / "params.npz", lambda f: f.write(b"whole"))
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      ["params.npz", live.name, other_host.name, other_target.name])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
+  old = os.umask(umask)
+  try:
+    atomic_files.write(tmp_path / "a.json", lambda f: f.write("{}"), text=True)
+    atomic_files.write(tmp_path / "a.json", lambda f: f.write("[]"), text=True)  # Replaced.
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_move_aside_keeps_the_file_under_a_new_name(tmp_path):
+  path = tmp_path / "seed0.json"
+  path.write_text("{trunc", encoding="utf-8")
+  first = atomic_files.move_aside(path)
+  path.write_text("", encoding="utf-8")
+  second = atomic_files.move_aside(path)  # The same second: a second name, nothing lost.
+  assert not path.exists() and first != second
+  assert os.path.basename(first).startswith("seed0.json.unreadable-")
+  assert (open(first).read(), open(second).read()) == ("{trunc", "")

@@ -1,4 +1,7 @@
 """Exporting a training checkpoint to the official .npz."""
+import os
+import socket
+import stat
 import subprocess
 import sys
 
@@ -35,6 +38,21 @@ def test_latest_and_chosen_steps_export_their_parameters(tmp_path):
   chosen = export.export(str(tmp_path), out=str(tmp_path / "five.npz"), step=5)
   np.testing.assert_array_equal(npz.load(chosen)["head"]["bias"],
                                 np.asarray(states[5].params["head"]["bias"]))
+
+
+def test_a_rerun_cleans_up_after_a_killed_export_and_the_umask_sets_the_mode(tmp_path):
+  _checkpoint(tmp_path, [4])
+  killed = subprocess.Popen([sys.executable, "-c", "pass"])
+  killed.wait()  # Its half-written export is an orphan now.
+  orphan = tmp_path / f".params_step4.npz.{socket.gethostname()}.{killed.pid}.00c0ffee.tmp"
+  orphan.write_bytes(b"PK\x03\x04 half")
+  old = os.umask(0o022)
+  try:
+    out = export.export(str(tmp_path))
+  finally:
+    os.umask(old)
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "params_step4.npz"]
+  assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
 
 
 def test_missing_step_or_workdir_is_one_clear_line(tmp_path):

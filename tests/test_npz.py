@@ -1,5 +1,9 @@
 """Official .npz in and out, and logits that agree with an independent reader of the file."""
 import os
+import socket
+import stat
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -95,9 +99,29 @@ def test_save_replaces_an_existing_file_only_when_complete(tmp_path, monkeypatch
   assert os.listdir(tmp_path) == ["keep.npz"]  # No temporary file left behind.
 
 
+def _npy(path):
+  with path.open("wb") as f:
+    np.save(f, np.ones(3))
+
+
+def _truncated_npz(path):
+  np.savez(path, **make_official_weights())
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 @pytest.mark.parametrize("setup,message", [
     (lambda p: None, "does not exist"),
-    (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz"),
+    (lambda p: p.write_bytes(b"not a zip"),
+     "is not a zip/.npz file .*; expected an official BiT .npz such as BiT-M-R50x1.npz"),
+    (lambda p: p.write_text("resnet/a/kernel 1.0 2.0\n"), "is not a zip/.npz file"),  # Renamed.
+    (lambda p: p.write_bytes(b""), "is not a zip/.npz file"),
+    (_truncated_npz, "is not a zip/.npz file"),
+    (_npy, "is not a zip/.npz file"),
+    (lambda p: np.savez(p, **{"resnet/a/kernel": np.ones(2), "resnet/b/kernel": [1, np.nan],
+                              "resnet/c/kernel": [np.inf]}),
+     "holds NaN or Inf in 'resnet/b/kernel'; expected finite parameters"),
+    (lambda p: np.savez(p, **{"resnet/a/kernel": np.full((2, 2), -np.inf, np.float16)}),
+     "holds NaN or Inf in 'resnet/a/kernel'"),
     (lambda p: np.savez(p, **{"block1/kernel": np.ones(1)}), "keys outside 'resnet/'"),
     (lambda p: np.savez(p, **{"resnet/a/standardized_conv2d/kernel": np.ones(1),
                               "resnet/a/standardized_conv2d_1/kernel": np.ones(1)}),
@@ -110,3 +134,17 @@ def test_unreadable_files_give_one_clear_line(tmp_path, setup, message):
   with pytest.raises(UserError, match=message) as error:
     npz.load(path)
   assert "\n" not in str(error.value)
+
+
+def test_save_removes_what_a_killed_save_left_and_follows_the_umask(tmp_path):
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()  # A writer that is gone: its temporary file is an orphan.
+  orphan = tmp_path / f".keep.npz.{socket.gethostname()}.{child.pid}.1234abcd.tmp"
+  orphan.write_bytes(b"PK half an archive")
+  old = os.umask(0o027)
+  try:
+    npz.save({"a": np.ones(3)}, tmp_path / "keep.npz")
+  finally:
+    os.umask(old)
+  assert os.listdir(tmp_path) == ["keep.npz"]
+  assert stat.S_IMODE((tmp_path / "keep.npz").stat().st_mode) == 0o640

@@ -19,6 +19,14 @@ Resumable: each finished piece is a JSON file, written atomically, that a rerun 
   report/report.{md,csv,png}                 beside the published numbers (vtab.report)
 A task that fails (data missing, a bug) is logged in one line and recorded as failed; the
 other tasks go on, and the next run retries only what did not finish.
+
+A seed or sweep-candidate file that cannot be used (truncated, empty, not a JSON object, no
+finite `top1`) counts as unfinished: it is renamed to `<name>.unreadable-<time>` (never
+deleted), logged in one line, and computed again. An unreadable settings.json is moved aside
+the same way, with a warning, when the workdir holds no seed or candidate files yet (it is
+written again from the current settings). With such files, nothing could show they came
+from the current settings, so the run stops with one line and touches nothing: move the file
+aside to accept them under the current settings, or use a new --workdir.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import pathlib
 import traceback
@@ -80,7 +89,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
 
   results, failed = {}, []
   for task in tasks:
-    records = {seed: _read_json(_seed_path(workdir, task, seed)) for seed in config.seeds}
+    records = {seed: _read_result(_seed_path(workdir, task, seed)) for seed in config.seeds}
     pending = [seed for seed, record in records.items() if record is None]
     pretrained_backbone = backbone() if pending else None
     try:
@@ -107,7 +116,7 @@ def _with_other_finished_tasks(results: dict, config, workdir: pathlib.Path) -> 
     if task.name in results:
       merged[task.name] = results[task.name]
       continue
-    records = [_read_json(_seed_path(workdir, task, seed)) for seed in config.seeds]
+    records = [_read_result(_seed_path(workdir, task, seed)) for seed in config.seeds]
     if all(records):
       merged[task.name] = [record["top1"] for record in records]
   return merged
@@ -200,7 +209,7 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, 
   candidates, errors = [], []
   for lr, steps in itertools.product(job.config.sweep_lrs, job.config.sweep_steps):
     path = candidates_dir / f"lr{lr:g}_steps{steps}.json"
-    record = _read_json(path)
+    record = _read_result(path)
     if record is None:
       try:
         record = job.finetune("train800", "val200", seed, base_lr=lr, total_steps=steps)
@@ -252,7 +261,7 @@ def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
   """The settings results depend on; those a workdir's finished runs came from must match."""
   keys = [key for key in SETTINGS if config.protocol == "sweep" or not key.startswith("sweep")]
   settings = json.loads(json.dumps({key: config[key] for key in keys}))
-  saved = _read_json(workdir / SETTINGS_NAME) or settings
+  saved = _read_settings(workdir) or settings
   changed = [f"{key} {saved.get(key)!r} -> {settings.get(key)!r}" for key in SETTINGS
              if saved.get(key) != settings.get(key)]
   if changed:
@@ -264,8 +273,8 @@ def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
 def _record_failure(workdir: pathlib.Path, task: registry.Task, error: Exception) -> None:
   path = _error_path(workdir, task)
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    text = "".join(traceback.format_exception(error))
+    atomic_files.write(path, lambda f: f.write(text), text=True)
   lines = str(error).strip().splitlines() or [""]
   what = lines[0] if isinstance(error, UserError) else f"{type(error).__name__}: {lines[0]}"
   logging.error("VTAB task %s failed: %s (traceback: %s)", task.name, what, path)
@@ -279,9 +288,54 @@ def _error_path(workdir: pathlib.Path, task: registry.Task) -> pathlib.Path:
   return workdir / "runs" / task.name / ERROR_NAME
 
 
-def _read_json(path: pathlib.Path) -> Any:
-  """The file's JSON, or None if there is no such file."""
+def _read_result(path: pathlib.Path) -> dict | None:
+  """A finished piece's record (a seed's or a sweep candidate's), or None: not finished. A
+  file without a usable record is moved aside, logged in one line, and so done again."""
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    record = json.loads(path.read_text(encoding="utf-8"))
   except FileNotFoundError:
     return None
+  except ValueError as e:  # Truncated, empty, not UTF-8.
+    problem = f"not JSON: {e}"
+  else:
+    top1 = record.get("top1") if isinstance(record, dict) else None
+    if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
+      return record
+    problem = "no finite top1 in it"
+  _move_aside(path, problem, "computing it again")
+  return None
+
+
+def _read_settings(workdir: pathlib.Path) -> dict | None:
+  """settings.json's settings, or None if there are none (see the module docstring)."""
+  path = workdir / SETTINGS_NAME
+  try:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError:
+    return None
+  except ValueError as e:
+    problem = f"not JSON: {e}"
+  else:
+    if isinstance(saved, dict) and saved:
+      return saved
+    problem = "no settings in it"
+  finished = [*workdir.glob("runs/*/seed*.json"), *workdir.glob("runs/*/seed*/*.json")]
+  if finished:
+    raise UserError(f"{path} is unreadable ({problem}), so nothing shows that the "
+                    f"{len(finished)} finished result file(s) under {workdir / 'runs'} came "
+                    "from the current settings; move it aside to accept them under these "
+                    "settings, or use a new --workdir")
+  _move_aside(path, problem, "it is written again from the current settings")
+  return None
+
+
+def _move_aside(path: pathlib.Path, problem: str, then: str) -> None:
+  """Renames an unusable file out of the way (process 0; the others only log it)."""
+  if jax.process_index() == 0:
+    try:
+      where = f"moved to {atomic_files.move_aside(path)}"
+    except FileNotFoundError:  # Moved since it was read.
+      where = "gone already"
+  else:
+    where = "process 0 moves it aside"
+  logging.warning("VTAB: %s is unusable (%s); %s, %s", path, problem, where, then)

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bit_jax import finetune, models, npz
+from bit_jax import atomic_files, finetune, models, npz
 from bit_jax.errors import UserError
 from bit_jax.vtab import __main__ as cli
 from bit_jax.vtab import registry
@@ -261,6 +261,107 @@ def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
   again = FakeFinetune(score=_sweep_score)
   assert fake_run(again, *sweep) == 0
   assert [(c["seed"], c["lr"], c["steps"]) for c in again.calls] == [(1, 0.1, 4), (1, 0.01, 4)]
+
+
+# --- Damaged result files -------------------------------------------------------------------
+
+DAMAGE = {
+    "truncated": lambda text: text[:len(text) // 2],
+    "empty": lambda text: "",
+    "an empty object": lambda text: "{}",
+    "no top1": lambda text: json.dumps({k: v for k, v in json.loads(text).items()
+                                        if k != "top1"}),
+    "a NaN top1": lambda text: json.dumps({**json.loads(text), "top1": float("nan")}),
+    "a list": lambda text: "[0.5]",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_seed_file_is_moved_aside_and_computed_again(damage, fake_run, tmp_path,
+                                                                caplog):
+  workdir = tmp_path / "work"
+  flags = ["--config.tasks=dtd,svhn", "--config.seeds=0,1"]
+  assert fake_run(FakeFinetune(), *flags) == 0
+  path = workdir / "runs" / "dtd" / "seed1.json"
+  damaged = damage(path.read_text())
+  path.write_text(damaged)
+  again = FakeFinetune(score=lambda call: 0.75)
+  assert fake_run(again, *flags) == 0
+  assert [(call["task"], call["seed"]) for call in again.calls] == [("dtd", 1)]
+  assert json.loads((workdir / "results.json").read_text()) == {"dtd": [0.5, 0.75],
+                                                                 "svhn": [0.5, 0.5]}
+  assert json.loads(path.read_text())["top1"] == 0.75
+  [aside] = path.parent.glob("seed1.json.unreadable-*")  # Kept, never deleted.
+  assert aside.read_text() == damaged
+  [logged] = [r.getMessage() for r in caplog.records if "is unusable" in r.getMessage()]
+  assert f"{path} is unusable" in logged and str(aside) in logged and "\n" not in logged
+
+
+def test_a_damaged_file_of_a_task_not_run_now_leaves_it_out_of_results(fake_run, tmp_path):
+  workdir = tmp_path / "work"
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 0
+  (workdir / "runs" / "dtd" / "seed0.json").write_text('{"top1": 0.')
+  assert fake_run(FakeFinetune(), "--config.tasks=svhn") == 0
+  assert json.loads((workdir / "results.json").read_text()) == {"svhn": [0.5]}
+  assert len(list((workdir / "runs" / "dtd").glob("seed0.json.unreadable-*"))) == 1
+
+
+def test_a_truncated_sweep_candidate_is_moved_aside_and_computed_again(fake_run, tmp_path):
+  sweep = ["--config.protocol=sweep", "--config.sweep_lrs=0.01,0.1", "--config.sweep_steps=2,4",
+           "--config.tasks=cifar100", "--config.total_steps=0"]
+  assert fake_run(FakeFinetune(score=_sweep_score), *sweep) == 0
+  runs = tmp_path / "work" / "runs" / "cifar100"
+  candidate = runs / "seed0" / "lr0.01_steps4.json"
+  candidate.write_text(candidate.read_text()[:10])
+  (runs / "seed0.json").unlink()  # Unfinished, so its candidates are read again.
+  again = FakeFinetune(score=_sweep_score)
+  assert fake_run(again, *sweep) == 0
+  # The damaged candidate, the diverging one (no file), then the best, retrained.
+  assert [(c["lr"], c["steps"]) for c in again.calls] == [(0.01, 4), (0.1, 4), (0.01, 4)]
+  assert json.loads(candidate.read_text())["top1"] == 0.7
+  assert len(list(candidate.parent.glob("lr0.01_steps4.json.unreadable-*"))) == 1
+  assert json.loads((runs / "seed0.json").read_text())["chosen"]["steps"] == 4
+
+
+def test_an_unreadable_settings_file(fake_run, tmp_path, capsys):
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  settings = workdir / "settings.json"
+  settings.write_text('{"model": "tiny-R1')
+  # No finished results it could be about: moved aside, written again, the run goes on.
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 0
+  [aside] = workdir.glob("settings.json.unreadable-*")
+  assert aside.read_text() == '{"model": "tiny-R1'
+  assert json.loads(settings.read_text())["model"] == "tiny-R14"
+  capsys.readouterr()
+
+  # With finished results nothing can check their settings: one line, nothing touched.
+  settings.write_text("{}")
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 2
+  assert "(no settings in it)" in capsys.readouterr().err
+  settings.write_text("")
+  assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {settings} is unreadable (not JSON: ") and "\n" not in err
+  assert "1 finished result file(s)" in err and "move it aside to accept them" in err
+  assert settings.read_text() == "" and len(list(workdir.glob("settings.json.*"))) == 1
+
+  settings.rename(workdir / "settings.json.mine")  # Accepted: nothing is fine-tuned again.
+  assert fake_run(FakeFinetune(fail=("dtd",)), "--config.tasks=dtd") == 0
+  assert json.loads((workdir / "results.json").read_text()) == {"dtd": [0.5]}
+
+
+def test_the_traceback_file_is_written_atomically(fake_run, tmp_path, monkeypatch):
+  written, write = [], atomic_files.write
+
+  def recording_write(path, *args, **kwargs):
+    written.append(pathlib.Path(path))
+    return write(path, *args, **kwargs)
+
+  monkeypatch.setattr(atomic_files, "write", recording_write)
+  assert fake_run(FakeFinetune(fail=("dtd",)), "--config.tasks=dtd") == 1
+  error = tmp_path / "work" / "runs" / "dtd" / "error.txt"
+  assert error in written and "disk on fire" in error.read_text()
 
 
 # --- Bad input --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Calibration of predicted probabilities: expected calibration error (ECE)."""
+"""Calibration: expected calibration error (ECE) and temperature scaling."""
 
 from __future__ import annotations
 
@@ -51,3 +51,41 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
   bins = reliability_bins(probs, labels, num_bins)
   weights = bins.counts / bins.counts.sum()
   return float(np.sum(weights * np.abs(bins.accuracy - bins.confidence)))
+
+
+# --- Temperature scaling (Guo et al., 2017) ---------------------------------------------------
+
+TEMPERATURE_BOUNDS = (1e-2, 1e2)  # The search interval for T.
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  z = np.asarray(logits, np.float64) / temperature
+  z = np.exp(z - z.max(axis=1, keepdims=True))
+  return z / z.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+  """Mean negative log-likelihood of softmax(logits / T)."""
+  z = np.asarray(logits, np.float64) / temperature
+  z = z - z.max(axis=1, keepdims=True)
+  log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+  return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The T in TEMPERATURE_BOUNDS minimising `nll(logits, labels, T)` (bounded Brent on log T).
+
+  Fit it on held-out logits of the *training* data (e.g. cross-validated, as
+  `linear_eval.ericsson_linear` does), never on the test set it will be judged on.
+  """
+  from scipy import optimize  # pylint: disable=import-outside-toplevel
+
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+  if logits.ndim != 2 or labels.shape != logits.shape[:1] or not len(labels):
+    raise ValueError(f"Expected logits (N, C) and labels (N,) with N > 0, got {logits.shape} "
+                     f"and {labels.shape}.")
+  lo, hi = np.log(TEMPERATURE_BOUNDS)
+  found = optimize.minimize_scalar(lambda log_t: nll(logits, labels, np.exp(log_t)),
+                                   bounds=(lo, hi), method="bounded",
+                                   options={"xatol": 1e-6})
+  return float(np.exp(found.x))

@@ -1,28 +1,24 @@
-"""Few-shot and linear-probe evaluation on precomputed features (e.g. a model's `pre_logits`).
+"""Few-shot classifiers on precomputed features (e.g. a model's `pre_logits`).
 
 Pure functions on arrays; computing the features is the caller's job.
 
     idx = select_few_shot(train_labels, shots=10, seed=0)
     acc = ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes)
     acc = ncm_accuracy(train_x[idx], train_y[idx], test_x, test_y)
-    probe = logistic_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes)
+
+`bit_jax.linear_eval` runs them under their protocols' names (`bigvision_fewshot`, `ncm`).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bit_jax.errors import UserError
 
 BIAS_FEATURE = 100.0  # big_vision's BIAS_CONSTANT: large, so the bias is almost unregularised.
 STD_EPSILON = 1e-5  # Added to the train std when whitening, as in big_vision.
-L2_GRID = tuple(10.0**np.arange(-6, 3))  # Logistic-probe l2 candidates: 1e-6, 1e-5, ..., 1e2.
 
 
 def _check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -154,91 +150,3 @@ def ncm_accuracy(train_feats: np.ndarray, train_labels: np.ndarray,
   classes, scores = ncm_scores(train_feats, train_labels, test_feats)
   preds = classes[np.argmax(scores, axis=1)]
   return float(np.mean(preds == _check_labels(test_labels)))
-
-
-# --- Many-shot logistic-regression probe --------------------------------------------------------
-
-class ProbeResult(NamedTuple):
-  """What `logistic_probe` found."""
-  test_accuracy: float  # Top-1 of the probe refit on train + val.
-  l2: float  # The grid value with the best val accuracy.
-  l2_grid: np.ndarray  # The grid searched.
-  val_accuracies: np.ndarray  # Val accuracy of the train-only fit for each grid value.
-  test_probs: np.ndarray  # (N_test, C) softmax of the refit probe, e.g. for calibration.
-  num_refit_examples: int  # Examples the final probe was fitted on: N_train + N_val.
-
-
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iters"))
-def _fit_softmax_regression(x: jax.Array, y: jax.Array, l2: jax.Array, num_classes: int,
-                            max_iters: int, tol: float) -> tuple[jax.Array, jax.Array]:
-  """Full-batch L-BFGS on mean softmax cross-entropy + l2·||W||² (bias unpenalised)."""
-
-  def loss_fn(params):
-    w, b = params
-    ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
-    return ce + l2 * jnp.sum(w**2)
-
-  opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(loss_fn)
-
-  def step(carry):
-    params, state = carry
-    value, grad = value_and_grad(params, state=state)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss_fn)
-    return optax.apply_updates(params, updates), state
-
-  def keep_going(carry):
-    _, state = carry
-    count = optax.tree.get(state, "count")
-    grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
-    return (count == 0) | ((count < max_iters) & (grad_norm >= tol))
-
-  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros(num_classes))
-  params, _ = jax.lax.while_loop(keep_going, step, (params, opt.init(params)))
-  return params
-
-
-def _standardized(fit_feats: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-  """Standardises all arrays with `fit_feats`' mean and std, so one l2 grid suits any backbone."""
-  fit_feats = np.asarray(fit_feats, np.float32)
-  mean, std = fit_feats.mean(axis=0), fit_feats.std(axis=0) + STD_EPSILON
-  return [(np.asarray(f, np.float32) - mean) / std for f in (fit_feats, *others)]
-
-
-def logistic_probe(train_feats: np.ndarray, train_labels: np.ndarray,
-                   val_feats: np.ndarray, val_labels: np.ndarray,
-                   test_feats: np.ndarray, test_labels: np.ndarray, num_classes: int,
-                   l2_grid: Sequence[float] = L2_GRID,
-                   max_iters: int = 500, tol: float = 1e-5) -> ProbeResult:
-  """Multinomial logistic-regression probe: pick l2 on val, refit on train + val, test once.
-
-  Features are standardised with the statistics of the set being fitted. Val-accuracy ties go to
-  the largest l2 (the simplest probe).
-  """
-  train_labels = _check_labels(train_labels, num_classes)
-  val_labels = _check_labels(val_labels, num_classes)
-  test_labels = _check_labels(test_labels, num_classes)
-  l2_grid = np.asarray(l2_grid, np.float64)
-  fit = functools.partial(_fit_softmax_regression, num_classes=num_classes,
-                          max_iters=max_iters, tol=tol)
-
-  train_x, val_x = _standardized(train_feats, val_feats)
-  val_accuracies = []
-  for l2 in l2_grid:
-    w, b = fit(train_x, train_labels, np.float32(l2))
-    val_accuracies.append(float(np.mean(np.argmax(val_x @ w + b, axis=1) == val_labels)))
-  val_accuracies = np.asarray(val_accuracies)
-  l2 = float(l2_grid[val_accuracies == val_accuracies.max()].max())
-
-  refit_x, test_x = _standardized(np.concatenate([train_feats, val_feats]), test_feats)
-  refit_labels = np.concatenate([train_labels, val_labels])
-  w, b = fit(refit_x, refit_labels, np.float32(l2))
-  test_probs = np.asarray(jax.nn.softmax(test_x @ w + b, axis=-1))
-  return ProbeResult(
-      test_accuracy=float(np.mean(np.argmax(test_probs, axis=1) == test_labels)),
-      l2=l2,
-      l2_grid=l2_grid,
-      val_accuracies=val_accuracies,
-      test_probs=test_probs,
-      num_refit_examples=len(refit_labels),
-  )

@@ -92,7 +92,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 
 
 def _linear_methods(names) -> tuple[str, ...]:
-  """`("ridge", "ncm")` or `("ridge,ncm",)` (as a command line gives it) -> checked names."""
+  """`("bigvision_fewshot", "ncm")` or `("bigvision_fewshot,ncm",)` (as a command line gives
+  it) -> checked names."""
   methods = tuple(m.strip() for item in names for m in item.split(",") if m.strip())
   unknown = [m for m in methods if m not in linear_eval.METHODS]
   if unknown:
@@ -103,6 +104,16 @@ def _linear_methods(names) -> tuple[str, ...]:
 
 def _frozen_feature_runs(config, methods, model, params, source, num_classes, plan, mesh,
                          init_name):
+  """The `linear_eval` methods on frozen pre_logits at the HyperRule's eval resolution.
+
+  ericsson_fewshot's episodes come from train and test together, as ssl-transfer's
+  `SetDataset` pools every split; the episode sizes are checked before any feature is computed.
+  """
+  if "ericsson_fewshot" in methods:
+    pool = np.concatenate([derived.read_labels(source, config.train_split),
+                           derived.read_labels(source, config.test_split)])
+    for shots in config.fewshot_shots:
+      linear_eval.check_episodes(pool, config.fewshot_ways, shots, config.fewshot_queries)
   pp = plan.pp_eval(num_classes)
   features = lambda split: finetune.predict(model, params, source, split, pp,
                                             batch_size=plan.eval_batch_size, mesh=mesh,
@@ -111,20 +122,32 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
   test_x, test_y = features(config.test_split)
   train_y, test_y = train_y.argmax(-1), test_y.argmax(-1)
   runs = []
-  few = [m for m in methods if m in ("ridge", "ncm")]
+  few = [m for m in methods if m in ("bigvision_fewshot", "ncm")]
   if few:
     runs += linear_eval.few_shot(train_x, train_y, test_x, test_y, num_classes,
                                  shots=config.linear_shots, seeds=config.seeds, methods=few)
-  if "logistic" in methods:
+  if "ericsson_fewshot" in methods:
+    pool_x, pool_y = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
+    for shots in config.fewshot_shots:
+      for seed in config.seeds:
+        runs.append(linear_eval.ericsson_fewshot(
+            pool_x, pool_y, ways=config.fewshot_ways, shots=shots,
+            queries=config.fewshot_queries, episodes=config.fewshot_episodes, seed=seed))
+  if "ericsson_linear" in methods:
+    metric = config.linear_metric or linear_eval.metric_for(config.dataset)
+    if metric == "voc07_map":
+      raise UserError("ericsson_linear's voc07_map needs multi-hot labels, which transfer.py "
+                      "does not feed; call bit_jax.linear_eval.ericsson_linear directly")
     if config.val_split:
       val_x, val_y = features(config.val_split)
       val_y = val_y.argmax(-1)
       fit_x, fit_y = train_x, train_y
     else:
-      fit, val = linear_eval.split_validation(train_y, config.val_fraction, config.seeds[0])
+      fit, val = linear_eval.split_validation(len(train_y), config.val_fraction)
       fit_x, fit_y, val_x, val_y = train_x[fit], train_y[fit], train_x[val], train_y[val]
-    result = linear_eval.logistic(fit_x, fit_y, val_x, val_y, test_x, test_y, num_classes)
-    runs.append({**result, "shots": "all", "seed": config.seeds[0]})
+    result = linear_eval.ericsson_linear(fit_x, fit_y, val_x, val_y, test_x, test_y,
+                                         metric=metric)
+    runs.append({**result, "shots": "all", "seed": linear_eval.VAL_SEED})
   return [{"evaluation": r.pop("method"), "init": init_name, **r} for r in runs]
 
 
@@ -151,11 +174,11 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def format_table(summary: list[dict]) -> str:
-  header = f"{'evaluation':<10} {'init':<10} {'shots':>5} {'seeds':>5}  {'top-1 %':>14}  ECE"
+  header = f"{'evaluation':<17} {'init':<10} {'shots':>5} {'seeds':>5}  {'top-1 %':>14}  ECE"
   lines = [header, "-" * len(header)]
   for row in summary:
     top1 = f"{100 * row['top1_mean']:.1f} ± {100 * row['top1_std']:.1f}"
-    lines.append(f"{row['evaluation']:<10} {row['init']:<10} {row['shots']:>5} "
+    lines.append(f"{row['evaluation']:<17} {row['init']:<10} {row['shots']:>5} "
                  f"{row['num_seeds']:>5}  {top1:>14}  {row['ece_mean']:.3f}")
   return "\n".join(lines)
 

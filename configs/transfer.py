@@ -6,7 +6,8 @@
 fine-tunes with the HyperRule (CIFAR-10: 10k steps at 128 px, MixUp 0.1) and prints test
 top-1 and ECE; BiT-M-R50x1 reaches about 97% on CIFAR-10 (BiT paper, Table 1 reports 98.9%
 for BiT-M-R152x4). Few-shot: `--config.shots=1,5,10,25 --config.seeds=0,1,2`. Frozen
-features: `--config.linear_eval=ridge,ncm,logistic`.
+features (`bit_jax.linear_eval`, each the named protocol):
+`--config.linear_eval=ericsson_linear,ericsson_fewshot,bigvision_fewshot,ncm`.
 
 `:demo=True` is the offline transfer of the demo's pretraining (configs/demo.py) to five farm
 animals, 5 and 10 images per class that pretraining never saw, against the same fine-tuning
@@ -32,8 +33,8 @@ def get_config(arg=None):
   c.init = ""  # Official .npz, or a train.py workdir; "" trains from scratch.
   c.train_split = "train"
   c.test_split = "test"  # Evaluated in full: padded and masked, never a dropped tail.
-  c.val_split = ""  # For the logistic probe's l2; "" holds out val_fraction of train.
-  c.val_fraction = 0.2
+  c.val_split = ""  # ericsson_linear picks wd on it; "" holds out val_fraction of train.
+  c.val_fraction = 0.2  # Ericsson et al.'s held-out fraction (seed 0) without a val split.
   c.num_classes = 0  # 0: from TFDS metadata.
   c.num_train_examples = 0  # 0: counted. Sets the HyperRule's schedule and MixUp.
   c.image_size = ()  # (h, w) for the HyperRule when metadata has none (mock data).
@@ -46,8 +47,13 @@ def get_config(arg=None):
   c.shots = (0,)  # Examples per class; 0 is the whole training split.
   c.seeds = (0,)  # Each seed draws its own few-shot examples and data order.
   c.from_scratch_baseline = False  # Also fine-tune from random init, for comparison.
-  c.linear_eval = ()  # Any of ridge, ncm, logistic, on frozen pre_logits.
-  c.linear_shots = (1, 5, 10, 25)  # k for ridge and ncm.
+  c.linear_eval = ()  # Any of ericsson_linear, ericsson_fewshot, bigvision_fewshot, ncm.
+  c.linear_shots = (1, 5, 10, 25)  # k per class for bigvision_fewshot and ncm.
+  c.linear_metric = ""  # ericsson_linear's metric; "" picks Ericsson et al.'s for the dataset.
+  c.fewshot_ways = 5  # ericsson_fewshot: classes per episode.
+  c.fewshot_shots = (5, 20, 50)  # ericsson_fewshot: support examples per class (K).
+  c.fewshot_queries = 15  # ericsson_fewshot: query examples per class.
+  c.fewshot_episodes = 600  # ericsson_fewshot: episodes; top-1 ± 1.96·std/sqrt(episodes).
 
   if args.demo:
     c.model = "tiny-R14"
@@ -60,6 +66,8 @@ def get_config(arg=None):
     c.shots = (5, 10)
     c.seeds = (0, 1)
     c.from_scratch_baseline = True
-    c.linear_eval = ("ridge",)
+    c.linear_eval = ("bigvision_fewshot", "ericsson_fewshot", "ericsson_linear")
     c.linear_shots = (5, 10)
+    c.fewshot_shots = (5, 10)
+    c.fewshot_episodes = 100
   return c

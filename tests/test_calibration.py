@@ -77,3 +77,41 @@ def test_every_default_edge_lands_in_the_bin_below(k):
 def test_rejects_bad_input(probs, labels, num_bins):
   with pytest.raises(ValueError):
     calibration.expected_calibration_error(probs, labels, num_bins)
+
+
+# --- Temperature scaling ----------------------------------------------------------------------
+
+def _overconfident(n, seed):
+  # True class probabilities softmax(z); the model reports softmax(3 z): overconfident by T = 3.
+  rng = np.random.default_rng(seed)
+  z = rng.normal(size=(n, 4))
+  p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+  labels = np.array([rng.choice(4, p=row) for row in p])
+  return 3.0 * z, labels
+
+
+def test_fit_temperature_recovers_the_overconfidence_and_lowers_nll():
+  logits, labels = _overconfident(4000, 0)
+  t = calibration.fit_temperature(logits, labels)
+  assert t == pytest.approx(3.0, rel=0.1)
+  test_logits, test_labels = _overconfident(4000, 1)  # Judged on data it was not fitted on.
+  assert calibration.nll(test_logits, test_labels, t) < calibration.nll(test_logits,
+                                                                       test_labels) - 0.1
+  before = calibration.expected_calibration_error(calibration.softmax(test_logits), test_labels)
+  after = calibration.expected_calibration_error(calibration.softmax(test_logits, t),
+                                                 test_labels)
+  assert after < before / 2
+
+
+def test_fit_temperature_is_the_nll_minimiser():
+  logits, labels = _overconfident(500, 2)
+  t = calibration.fit_temperature(logits, labels)
+  grid = np.exp(np.linspace(np.log(0.5), np.log(20), 400))
+  best = grid[np.argmin([calibration.nll(logits, labels, g) for g in grid])]
+  assert t == pytest.approx(best, rel=0.02)
+
+
+def test_fit_temperature_rejects_bad_shapes_in_one_line():
+  with pytest.raises(ValueError) as info:
+    calibration.fit_temperature(np.zeros((3, 2)), np.zeros(2, int))
+  assert "\n" not in str(info.value)

@@ -1,4 +1,4 @@
-"""Tests for bit_jax.fewshot: shot selection, ridge, nearest class mean, logistic probe."""
+"""Tests for bit_jax.fewshot: shot selection, ridge, nearest class mean."""
 
 import numpy as np
 import pytest
@@ -165,53 +165,3 @@ def test_ncm_is_scale_invariant_and_separates_blobs():
   assert fewshot.ncm_accuracy(train_x, train_y, test_x, train_y) == 1.0
   scales = rng.uniform(0.1, 10.0, size=(len(test_x), 1))
   assert fewshot.ncm_accuracy(train_x, train_y, test_x * scales, train_y) == 1.0
-
-
-# --- logistic probe -----------------------------------------------------------------------------
-
-def _separable(rng, w, n):
-  x = rng.normal(size=(n, w.shape[0])).astype(np.float32)
-  scores = x @ w
-  top2 = np.sort(scores, axis=1)[:, -2:]
-  keep = top2[:, 1] - top2[:, 0] > 0.5  # A margin, so the classes are linearly separable.
-  return x[keep], np.argmax(scores[keep], axis=1)
-
-
-@pytest.fixture(scope="module")
-def probe_data():
-  rng = np.random.default_rng(5)
-  w = rng.normal(size=(6, 3))  # One true labelling for all three splits.
-  return _separable(rng, w, 300), _separable(rng, w, 100), _separable(rng, w, 200)
-
-
-def test_probe_on_separable_data(probe_data):
-  (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = probe_data
-  grid = np.array([1e-4, 1e-3, 10.0])
-  result = fewshot.logistic_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, 3, l2_grid=grid,
-                                  max_iters=100)
-  assert result.test_accuracy >= 0.97
-  assert result.num_refit_examples == len(tr_y) + len(va_y)
-  # Both small l2 separate val perfectly; l2 = 10 shrinks W so far that the majority class wins.
-  np.testing.assert_array_equal(result.val_accuracies[:2], [1.0, 1.0])
-  assert result.val_accuracies[2] < 0.5
-  assert result.l2 == 1e-3  # A tie goes to the larger l2.
-  assert result.test_probs.shape == (len(te_y), 3)
-  np.testing.assert_allclose(result.test_probs.sum(1), 1.0, rtol=1e-5)
-  assert np.mean(result.test_probs.argmax(1) == te_y) == result.test_accuracy
-
-
-def test_probe_refit_sees_val_examples():
-  # Class 2 appears only in val and test: the train-only fit can never predict it, so a perfect
-  # test score on class-2 points is only possible if the final probe was refit on train + val.
-  rng = np.random.default_rng(6)
-  centers = np.array([[4.0, 0.0], [-4.0, 0.0], [0.0, 4.0]], np.float32)
-  blob = lambda c, n: centers[c] + 0.3 * rng.normal(size=(n, 2)).astype(np.float32)
-  tr_x, tr_y = np.concatenate([blob(0, 20), blob(1, 20)]), np.repeat([0, 1], 20)
-  va_x, va_y = np.concatenate([blob(0, 5), blob(1, 5), blob(2, 10)]), np.repeat([0, 1, 2],
-                                                                                [5, 5, 10])
-  te_x, te_y = blob(2, 10), np.full(10, 2)
-  result = fewshot.logistic_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, 3,
-                                  l2_grid=np.array([1e-3]), max_iters=100)
-  assert result.val_accuracies[0] == 0.5  # Train-only fit: classes 0 and 1 right, 2 wrong.
-  assert result.test_accuracy == 1.0
-  assert result.num_refit_examples == 60

@@ -26,8 +26,10 @@ def _tiny(**overrides):
 
 def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
   # With the memory savers on (as for R152x4 at 384 px): micro-batches and rematerialisation.
-  config = _tiny(shots=(0, 1), seeds=(3,), linear_eval=("ridge,ncm", "logistic"),
-                 linear_shots=(1,), accum_steps=2, remat=True)
+  config = _tiny(shots=(0, 1), seeds=(3,),
+                 linear_eval=("bigvision_fewshot,ncm", "ericsson_linear", "ericsson_fewshot"),
+                 linear_shots=(1,), fewshot_ways=2, fewshot_shots=(1,), fewshot_queries=1,
+                 fewshot_episodes=5, accum_steps=2, remat=True)
   built = []
   get_model = models.get_model
   monkeypatch.setattr(models, "get_model", lambda *a, **k: built.append(get_model(*a, **k))
@@ -39,9 +41,12 @@ def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
   finetunes = [r for r in runs if r["evaluation"] == "finetune"]
   assert [(r["shots"], r["seed"], r["init"]) for r in finetunes] == [
       ("all", 3, "scratch"), (1, 3, "scratch")]
-  for run in runs:  # The whole mock test split, every time.
-    assert run["num_test_examples"] == 60 and 0 <= run["top1"] <= 1 and 0 <= run["ece"] <= 1
-  assert {r["evaluation"] for r in runs} == {"finetune", "ridge", "ncm", "logistic"}
+  for run in runs:  # The whole mock test split, every time; episodes test on their queries.
+    episodic = run["evaluation"] == "ericsson_fewshot"
+    assert run["num_test_examples"] == (5 * 2 * 1 if episodic else 60)
+    assert 0 <= run["top1"] <= 1 and 0 <= run["ece"] <= 1
+  assert {r["evaluation"] for r in runs} == {"finetune", "bigvision_fewshot", "ncm",
+                                             "ericsson_linear", "ericsson_fewshot"}
   assert finetunes[0]["schedule"] == [1, 2, 2, 3, 4] and finetunes[0]["resolution"] == [36, 32]
   with open(tmp_path / transfer.RESULTS_NAME) as f:
     assert json.load(f)["summary"] == results["summary"]
@@ -58,8 +63,10 @@ def test_summary_gives_mean_and_spread_over_seeds():
 
 
 def test_unknown_linear_method_is_refused(tmp_path):
-  with pytest.raises(UserError, match="unknown linear_eval method 'svm'; valid: ridge, ncm"):
-    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", linear_eval=("ridge,svm",)),
+  with pytest.raises(UserError, match="unknown linear_eval method 'svm'; valid: "
+                                      "ericsson_linear, ericsson_fewshot, bigvision_fewshot"):
+    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits",
+                                         linear_eval=("bigvision_fewshot,svm",)),
                                    str(tmp_path))
 
 
@@ -112,12 +119,16 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_
   table = done.stdout.strip().splitlines()
   assert table[0].split() == ["evaluation", "init", "shots", "seeds", "top-1", "%", "ECE"]
   top1 = {tuple(line.split()[:3]): float(line.split()[4]) for line in table[2:]}
-  assert set(top1) == {(evaluation, init, shots) for evaluation in ("finetune", "ridge")
-                       for init in ("pretrained", "scratch") for shots in ("5", "10")}
-  for evaluation in ("finetune", "ridge"):
+  evaluations = ("finetune", "bigvision_fewshot", "ericsson_fewshot")
+  assert set(top1) == {(evaluation, init, shots) for evaluation in evaluations
+                       for init in ("pretrained", "scratch") for shots in ("5", "10")} | {
+                           ("ericsson_linear", init, "all") for init in ("pretrained", "scratch")}
+  for evaluation in evaluations:
     for shots in ("5", "10"):
       assert top1[evaluation, "pretrained", shots] > top1[evaluation, "scratch", shots] + 10
   with open(tmp_path / transfer.RESULTS_NAME) as f:
     runs = json.load(f)["runs"]
-  assert all(r["num_test_examples"] == 500 for r in runs)  # bit_farm_animals' whole test.
+  # bit_farm_animals' whole test split; episodes test on their queries.
+  assert all(r["num_test_examples"] == 500 for r in runs
+             if r["evaluation"] != "ericsson_fewshot")
   assert {r["resolution"][1] for r in runs if "resolution" in r} == {32}

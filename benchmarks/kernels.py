@@ -2,12 +2,11 @@ r"""Do the backend-tuned kernels pay? A same-run A/B of the plain model against 
 
 Builds the model with its plain operations (`kernels="plain"`, what accelerators run), with
 all of `bit_jax.cpu_kernels.OPS`, and with all of them but one (what each one adds to the
-tuned model); compiles the real train step
-(`bit_jax.train_step.make_train_step`: SGD momentum 0.9 with weight decay, softmax
-cross-entropy, state donated) and the forward our evaluators run (kernels standardized once
-per pass, `models.for_inference`) for each; then times them in turns, blocks of `--block`
-calls per variant after one untimed call, and prints each variant's median time over the
-plain model's. A variant stays in `cpu_kernels.OPS` only while it gains at least 3% of the
+tuned model). For each, `throughput.JaxBench` compiles the real train step (SGD momentum 0.9
+with weight decay, softmax cross-entropy, state donated) and the forward our evaluators run
+(kernels standardized once per pass, `models.for_inference`); they are timed in turns, blocks
+of `--block` calls per variant after one untimed call, and each variant's median time is
+printed over the plain model's. A variant stays in `cpu_kernels.OPS` only while it gains at least 3% of the
 train or the inference step here (benchmarks/RESULTS.md).
 
   python benchmarks/kernels.py                          # R50x1, 128 px, batch 8, float32
@@ -22,14 +21,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bit_jax import cpu_kernels, distributed, host_allocator, losses, models  # noqa: E402
-from bit_jax import train_step as train_step_lib  # noqa: E402
+import throughput  # noqa: E402  # pylint: disable=wrong-import-position
+from bit_jax import cpu_kernels, host_allocator, models  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+# JaxBench's calls: the train step, and the forward our evaluators run.
+CALLS = {"train": "train_call", "infer": "served_call"}
+
+
 def variants() -> dict[str, dict]:
   """Model fields per variant: the plain model, every tuned op, and each op left out."""
   ops = cpu_kernels.OPS
@@ -53,59 +53,23 @@ def variants() -> dict[str, dict]:
   return out
 
 
-class Variant:
-  """One model's compiled train step and evaluators' forward, on every local device."""
-
-  def __init__(self, model: models.ResNetV2, batch: dict, mesh):
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    self.batch = jax.device_put(batch, sharded)
-    params = jax.jit(model.init, out_shardings=replicated)(
-        jax.random.key(0), self.batch["image"][:1])["params"]
-    schedule = lambda step: 0.01
-    optimizer = optax.chain(optax.add_decayed_weights(1e-4), optax.trace(0.9),
-                            optax.scale_by_learning_rate(schedule))
-    self.state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
-                                replicated)
-    step = train_step_lib.make_train_step(model, optimizer, losses.softmax_xent, schedule)
-    self.step = jax.jit(step, in_shardings=(replicated, sharded),
-                        out_shardings=(replicated, replicated), donate_argnums=0).lower(
-                            self.state, self.batch).compile()
-    served, self.served_params = models.for_inference(model, self.state.params)
-    self.infer = jax.jit(lambda p, x: served.apply({"params": p}, x)[0],
-                         in_shardings=(replicated, sharded), out_shardings=sharded).lower(
-                             self.served_params, self.batch["image"]).compile()
-
-  def train_call(self):
-    self.state, metrics = self.step(self.state, self.batch)
-    jax.block_until_ready(metrics)
-
-  def infer_call(self):
-    jax.block_until_ready(self.infer(self.served_params, self.batch["image"]))
-
-
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
   """{variant: {"train_s", "infer_s", "train_ratio", "infer_ratio"}}; ratios over plain."""
-  devices = jax.local_devices()
-  mesh = distributed.data_mesh(devices)
-  rng = np.random.default_rng(0)
-  n = args.batch * len(devices)
-  batch = {"image": rng.uniform(-1, 1, (n, args.resolution, args.resolution, 3)
-                                ).astype(np.float32),
-           "label": np.eye(args.num_classes, dtype=np.float32)[
-               rng.integers(0, args.num_classes, n)]}
-  plain = models.get_model(args.model, args.num_classes, dtype=models.DTYPES[args.dtype],
-                           kernels="plain")
-  benches = {name: Variant(plain.clone(**fields), batch, mesh)
+  bench_args = throughput.parse_args(
+      [f"--model={args.model}", f"--resolution={args.resolution}", f"--batch={args.batch}",
+       f"--dtype={args.dtype}", f"--num_classes={args.num_classes}", "--kernels=plain"])
+  plain = models.get_model(args.model, args.num_classes, dtype=args.dtype, kernels="plain")
+  benches = {name: throughput.JaxBench(bench_args, model=plain.clone(**fields))
              for name, fields in variants().items()}
   results = {name: {} for name in benches}
   for kind in ("train", "infer"):
     times = {name: [] for name in benches}
     for bench in benches.values():
-      getattr(bench, f"{kind}_call")()  # Warm-up.
+      getattr(bench, CALLS[kind])()  # Warm-up.
     while len(times["plain"]) < args.iters:
       block = min(args.block, args.iters - len(times["plain"]))
       for name, bench in benches.items():
-        call = getattr(bench, f"{kind}_call")
+        call = getattr(bench, CALLS[kind])
         call()  # Untimed: the switch from the other variant.
         for _ in range(block):
           start = time.perf_counter()

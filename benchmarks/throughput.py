@@ -117,10 +117,11 @@ def cpu_matmul_peak(dtype, size: int = 2048, iters: int = 5) -> float:
 class JaxBench:
   """Our jitted train step and inference forward, compiled once, with their analyses."""
 
-  def __init__(self, args: argparse.Namespace):
+  def __init__(self, args: argparse.Namespace, model: models.ResNetV2 | None = None):
+    """`model`: instead of the one `args` names (benchmarks/kernels.py's variants)."""
     dtype = models.DTYPES[args.dtype]
-    self.model = models.get_model(args.model, args.num_classes, dtype=dtype, remat=args.remat,
-                                  kernels=args.kernels)
+    self.model = model or models.get_model(args.model, args.num_classes, dtype=dtype,
+                                           remat=args.remat, kernels=args.kernels)
     devices = jax.local_devices()
     mesh = distributed.data_mesh(devices)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

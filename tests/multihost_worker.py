@@ -51,7 +51,9 @@ def train(devices) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[f
     head["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), head["kernel"].shape)
     return train_step_lib.create_train_state(params, optimizer)
 
-  schedule = lambda step: 0.1
+  # Small enough that the loss does not blow up: a diverging run amplifies the rounding of
+  # the processes' different summation orders beyond any tolerance.
+  schedule = lambda step: 0.02
   optimizer = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(schedule))
   state = jax.jit(init, out_shardings=replicated)()
   step_fn = train_step_lib.make_train_step(model, optimizer, losses.softmax_xent, schedule,

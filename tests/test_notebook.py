@@ -47,10 +47,10 @@ def test_the_notebook_runs_on_the_demo_checkpoint(demo_run, tmp_path, monkeypatc
   assert f"checkpoint: {os.path.join(pretrain_dir, 'params.npz')}\nmodel: tiny-R14" in stdout
 
   rows = {tuple(line.split()[:3]) for line in stdout.splitlines()
-          if line.startswith(("finetune ", "ridge "))}
+          if line.startswith(("finetune ", "bigvision_fewshot "))}
   assert {("finetune", init, shots) for init in ("pretrained", "scratch")
           for shots in ("5", "10")} <= rows
-  assert {("ridge", init, "10") for init in ("pretrained", "scratch")} <= rows
+  assert {("bigvision_fewshot", init, "10") for init in ("pretrained", "scratch")} <= rows
   with open(tmp_path / transfer.RESULTS_NAME) as f:
     runs = json.load(f)["runs"]
   assert len(runs) == 4 and all(r["num_test_examples"] == 500 for r in runs)

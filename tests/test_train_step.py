@@ -70,6 +70,20 @@ def _assert_trees_close_to_scale(a, b, rtol):
       x, y, rtol=0, atol=rtol * float(np.max(np.abs(y)))), a, b)
 
 
+def _assert_trees_close_but_for_relu_flips(a, b, rtol, max_fraction=0.05):
+  """Each leaf within rtol of its largest element, but for at most `max_fraction` of its
+  elements. One batch against two micro-batches sums in another order (and on 8 devices
+  XLA:CPU convolves 1 example per device instead of 2, by other kernels); where an
+  activation sits at zero that rounding flips its ReLU, which moves a few gradient
+  elements by far more than rounding (seen: 1 of 512 by 1.3%, 3 of 128). A wrong
+  accumulation (a missing 1/k, a wrong split) moves nearly every element."""
+  def check(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    off = np.abs(x - y) > rtol * float(np.max(np.abs(y)))
+    assert off.mean() <= max_fraction, (off.sum(), off.size)
+  jax.tree.map(check, a, b)
+
+
 def test_eight_devices_give_the_same_update_as_one():
   assert jax.device_count() == 8
   batch = _batch(16)
@@ -94,7 +108,7 @@ def test_accumulating_k_micro_batches_equals_one_big_batch(devices):
     np.testing.assert_allclose(metrics_full["loss"], metrics_acc["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics_full["grad_norm"], metrics_acc["grad_norm"],
                                rtol=1e-4)
-    _assert_trees_close(full.params, accumulated.params, rtol=1e-4)
+    _assert_trees_close_but_for_relu_flips(full.params, accumulated.params, rtol=1e-4)
 
 
 def test_eval_step_counts_only_unmasked_examples():

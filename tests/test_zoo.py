@@ -213,7 +213,7 @@ def test_a_dropped_connection_keeps_the_part_file_and_a_rerun_resumes(server, tm
     (_npz_bytes(num_classes=5), TINY, "has a 5-class head; tiny-test has 10 classes"),
     (_npz_bytes(num_classes=0), zoo.Checkpoint("tiny-test", "tiny-R14", "x", 10, "y"),
      "has no head; tiny-test is a 10-class classifier"),
-    (b"<html>not found</html>", TINY, "is not a readable .npz file"),
+    (b"<html>not found</html>", TINY, "is not a zip/.npz file"),
     (WEIGHTS, zoo.Checkpoint("tiny-test", "tiny-R14", "x", 10, size=len(WEIGHTS) + 1),
      f"it has {len(WEIGHTS)} bytes, the release's file {len(WEIGHTS) + 1}"),
 ], ids=["architecture", "head", "headless", "not-npz", "size"])

@@ -10,6 +10,9 @@ temporary files of the same target that this host's dead processes left. Those o
 processes, and of other hosts (whose processes cannot be checked from here), are kept.
 Files are created with mode 0666 less the umask, as by any other tool (0644 under umask 022).
 
+`write_directory` does the same for a directory (a SavedModel): written under a temporary
+name, then renamed into place; the earlier one is moved aside and deleted only after.
+
 `move_aside` renames a file that cannot be used (a truncated result) out of the way, never
 deleting it, so that whoever reads it can redo its work and a person can still look at it.
 """
@@ -21,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 from typing import IO, Any, Callable
 
@@ -45,6 +49,31 @@ def write(path: Path, write_to: Callable[[IO], Any], *, text: bool = False) -> P
     os.replace(tmp_path, path)
   except BaseException:
     os.unlink(tmp_path)
+    raise
+  return path
+
+
+def write_directory(path: Path, write_to: Callable[[str], Any]) -> Path:
+  """Calls `write_to(directory)` on a new temporary directory that then takes the name
+  `path`; returns `path`. Between the two renames (POSIX cannot swap directories) `path` is
+  briefly absent, never half written."""
+  parent, name = os.path.split(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  _remove_stale_temporary_files(parent, name)
+  temporary = lambda: os.path.join(
+      parent, f".{name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+  new = temporary()
+  try:
+    write_to(new)
+    if os.path.lexists(path):
+      old = temporary()
+      os.rename(path, old)
+      os.rename(new, path)
+      shutil.rmtree(old)
+    else:
+      os.rename(new, path)
+  except BaseException:
+    shutil.rmtree(new, ignore_errors=True)
     raise
   return path
 
@@ -77,8 +106,12 @@ def _remove_stale_temporary_files(directory: str, name: str) -> None:
   for entry in os.listdir(directory):
     match = pattern.fullmatch(entry)
     if match and not _alive(int(match.group(1))):
+      stale = os.path.join(directory, entry)
       try:
-        os.unlink(os.path.join(directory, entry))
+        if os.path.isdir(stale) and not os.path.islink(stale):
+          shutil.rmtree(stale)  # A `write_directory`'s.
+        else:
+          os.unlink(stale)
       except FileNotFoundError:  # Another process removed it first.
         pass
 

@@ -36,14 +36,16 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: LossFn,
                     schedule: Callable[[jax.Array], jax.Array], *, accum_steps: int = 1,
-                    mixup_alpha: float = 0.0, rng: jax.Array | None = None
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                    mixup_alpha: float = 0.0, rng: jax.Array | None = None,
+                    trainable: Any = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer update from `batch["image"]` and dense `batch["label"]`.
 
   With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
   averaged before the update: the same result as the full batch (GroupNorm has no batch
   statistics), in a fraction of the activation memory. With `mixup_alpha` > 0 the batch is
-  mixed on device first, with randomness `fold_in(rng, step)`.
+  mixed on device first, with randomness `fold_in(rng, step)`. `trainable` (a tree of
+  Python bools like the params, `bit_jax.freezing.mask`) freezes the False leaves: their
+  gradients are zeros (so XLA skips computing them) and they are kept exactly as they were.
   """
   if mixup_alpha > 0 and rng is None:
     raise ValueError("mixup needs an rng")
@@ -65,6 +67,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
     else:
       loss, grads = _accumulated(grad_fn, params, images, labels, accum_steps)
     grads, = standardize_vjp(grads)
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     return loss, grads
 
   def train_step(state: TrainState, batch: Batch):
@@ -73,6 +77,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
     loss, grads = loss_and_grads(state.params, batch["image"], batch["label"])
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if trainable is not None:  # Bitwise as they were (x + 0.0 would turn -0.0 into 0.0).
+      params = jax.tree.map(lambda new, old, t: new if t else old, params, state.params,
+                            trainable)
     step_metrics = {"loss": loss, "learning_rate": schedule(state.step),
                     "grad_norm": optax.global_norm(grads),
                     "param_norm": optax.global_norm(params)}

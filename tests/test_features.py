@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+import input_pipeline
+from bit_jax import distributed, features, finetune, npz, run_dir
+from bit_jax.errors import UserError
+from tests.test_predict import CROP, make_labelled_folder, make_run
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return "folder:" + make_labelled_folder(tmp_path_factory.mktemp("labelled"))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return distributed.data_mesh()
+
+
+def test_extract_is_finetune_predict_pre_logits_with_integer_labels(run, dataset, mesh):
+  model, params, card = run_dir.load(run)
+  source = input_pipeline.get_source(dataset)
+  got = features.extract(model, params, source, "train", card.pp_eval(), batch_size=BATCH,
+                         mesh=mesh)
+  want, onehot = finetune.predict(model, params, source, "train", card.pp_eval(),
+                                  batch_size=BATCH, mesh=mesh, output="pre_logits")
+  assert sorted(got) == ["labels", "pre_logits"]
+  np.testing.assert_array_equal(got["pre_logits"], want)
+  assert got["labels"].dtype == np.int64
+  np.testing.assert_array_equal(got["labels"], onehot.argmax(-1))
+  assert got["pre_logits"].shape == (9, 1024)  # tiny-R14: 4 * 8 * 32 channels.
+
+
+def test_command_writes_block3_and_pre_logits_from_a_run_or_an_npz(run, dataset, tmp_path):
+  from_run = features.features(run, dataset, "train[:5]", str(tmp_path / "run.npz"),
+                               outputs=["pre_logits", "block3"], batch_size=BATCH)
+  with np.load(tmp_path / "run.npz") as saved:
+    assert sorted(saved.files) == ["block3", "labels", "pre_logits"]
+    for key in saved.files:
+      np.testing.assert_array_equal(saved[key], from_run[key])
+  # block3 downsamples 16x: 2x2 at the run's crop of 32; 4 * 4 * 32 channels.
+  assert from_run["block3"].shape == (5, CROP // 16, CROP // 16, 512)
+  assert from_run["labels"].shape == (5,)
+
+  # The same backbone as an official .npz (its head is dropped): the same features.
+  _, params, _ = run_dir.load(run)
+  npz.save(params, tmp_path / "init.npz")
+  from_npz = features.features(str(tmp_path / "init.npz"), dataset, "train[:5]",
+                               str(tmp_path / "npz.npz"), model_name="tiny-R14",
+                               resolution=CROP, batch_size=BATCH)
+  assert sorted(from_npz) == ["labels", "pre_logits"]
+  np.testing.assert_allclose(from_npz["pre_logits"], from_run["pre_logits"], rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_array_equal(from_npz["labels"], from_run["labels"])
+
+
+def test_bad_inputs_fail_with_one_line(run, dataset, tmp_path):
+  init = str(tmp_path / "init.npz")
+  npz.save(run_dir.load(run)[1], init)
+  cases = [
+      (dict(init=run, outputs=["block9"]), "unknown model output 'block9'; valid: stem, "
+                                           "block1, block2, block3, block4, pre_logits, logits"),
+      (dict(init=init), "--model is needed"),
+      (dict(init=init, model_name="tiny-R14"), "pass --resolution"),
+      (dict(init=str(tmp_path / "missing.npz")), "does not exist"),
+  ]
+  for kwargs, message in cases:
+    with pytest.raises(UserError, match=message) as e:
+      features.features(dataset=dataset, split="train", output=str(tmp_path / "f.npz"),
+                        batch_size=BATCH, **kwargs)
+    assert "\n" not in str(e.value)
+  assert not (tmp_path / "f.npz").exists()
+  model = run_dir.load(run)[0].clone(num_classes=None)
+  assert features.output_names(model)[-1] == "pre_logits"  # No head, no logits.

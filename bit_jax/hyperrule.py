@@ -89,7 +89,9 @@ def staircase_schedule(boundaries: Sequence[int],
                        base_lr: float = 0.003) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """`lr_schedule` for explicit [warmup, decay1, decay2, decay3, total] boundaries.
 
-  For shortened runs (CPU demos, tests) that keep the rule's shape with fewer steps.
+  For shortened runs (CPU demos, tests) that keep the rule's shape with fewer steps, and for
+  other step schedules of this shape: warmup 0 is none (VTAB's lightweight sweep,
+  `bit_jax.vtab.protocols.lightweight_schedule`), the rate `base_lr / 10**k` after k decays.
   """
   warmup, *decays, total = boundaries
   decays = jnp.asarray(decays)
@@ -97,7 +99,8 @@ def staircase_schedule(boundaries: Sequence[int],
   def schedule(step: jnp.ndarray) -> jnp.ndarray:
     step = jnp.asarray(step)
     num_decays = jnp.sum(step[..., None] > decays, axis=-1)
-    lr = jnp.where(step < warmup, base_lr * step / warmup, base_lr / 10.0**num_decays)
+    warming = base_lr * step / max(warmup, 1)  # max: no 0/0 in the branch warmup 0 never takes.
+    lr = jnp.where(step < warmup, warming, base_lr / 10.0**num_decays)
     return jnp.where(step >= total, 0.0, lr)
 
   return schedule

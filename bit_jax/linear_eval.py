@@ -45,8 +45,21 @@ DATASET_METRICS = {
 
 # big_vision's few-shot evaluators read images at this preprocessing (configs/common_fewshot.py,
 # then value_range(-1, 1), which is our models' input range): extract features with it for
-# `bigvision_fewshot` numbers comparable with big_vision's. The caller chooses the pp.
+# `bigvision_fewshot` numbers comparable with big_vision's.
 BIGVISION_FEWSHOT_PP = "resize(256)|central_crop(224)"
+# Each method's published feature preprocessing, between `decode` and `value_range(-1,1)` (the
+# colour normalisation is always the model's own). ssl-transfer `linear.py`,
+# `get_train_valid_loader`/`get_test_loader`: Resize(224, BICUBIC) of the shorter side, then
+# CenterCrop(224); `datasets/few_shot_dataset.py`, `TransformLoader.parse_transform`:
+# Scale([int(224 * 1.15)] * 2) = 257x257, then CenterCrop(224). ncm has no published
+# preprocessing: None is the fine-tuning's eval preprocessing. `transfer.py` uses these unless
+# `config.linear_pp` sets one for all methods.
+FEATURE_PP = {
+    "ericsson_linear": "resize_small(224, method='bicubic')|central_crop(224)",
+    "ericsson_fewshot": "resize(257)|central_crop(224)",
+    "bigvision_fewshot": BIGVISION_FEWSHOT_PP,
+    "ncm": None,
+}
 
 
 def metric_for(dataset: str) -> str:

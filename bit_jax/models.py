@@ -193,6 +193,9 @@ class ResNetV2(nn.Module):
   # params -> params with every conv kernel standardized, applied in each call. None: the
   # params hold them standardized already, as `hoist_weight_standardization` arranges.
   weight_standardization: Callable[[Any], Any] | None = standardize_weights
+  # The head's initial bias. 0: BiT's release. big_vision's `bit_i21k` config sets -10
+  # (`init_head_bias`) so a 21,843-way sigmoid loss starts small.
+  head_bias_init: float = 0.0
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
@@ -219,8 +222,9 @@ class ResNetV2(nn.Module):
     out["pre_logits"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if self.num_classes is None:
       return None, out
-    logits = out["logits"] = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                                      name="head")(out["pre_logits"])
+    logits = out["logits"] = nn.Dense(
+        self.num_classes, kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(self.head_bias_init), name="head")(out["pre_logits"])
     return logits, out
 
 
@@ -249,7 +253,8 @@ KERNELS = ("auto", "plain", "cpu")
 
 
 def get_model(name: str, num_classes: int | None = None, *, dtype: Any = jnp.float32,
-              remat: bool = False, kernels: str = "auto") -> ResNetV2:
+              remat: bool = False, kernels: str = "auto",
+              head_bias_init: float = 0.0) -> ResNetV2:
   """The model for a release name such as `BiT-M-R50x1` (or a tiny test variant).
 
   `dtype` is the compute dtype, or its name in `DTYPES`; parameters are always float32.
@@ -266,7 +271,7 @@ def get_model(name: str, num_classes: int | None = None, *, dtype: Any = jnp.flo
     ops = cpu_kernels.OPS
   dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
   return ResNetV2(get_architecture(name), num_classes=num_classes, dtype=dtype, remat=remat,
-                  **ops)
+                  head_bias_init=head_bias_init, **ops)
 
 
 def compute_dtype(name: str) -> Any:

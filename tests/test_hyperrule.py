@@ -143,3 +143,11 @@ def test_jax_schedule_accepts_a_batch_of_steps():
   np.testing.assert_allclose(
       hyperrule.lr_schedule(SMALL, base_lr=1.0)(steps),
       [0.0, 0.5, 1.0, 0.1, 0.01, 0.001, 0.0], rtol=1e-6)
+
+
+def test_staircase_without_warmup_starts_at_the_full_rate():
+  # Warmup 0 (VTAB's lightweight sweep): no 0/0 in the unused warmup branch, no NaN anywhere.
+  schedule = hyperrule.staircase_schedule([0, 3, 6, 9, 10], base_lr=0.1)
+  rates = np.asarray(schedule(jnp.arange(11)))
+  np.testing.assert_allclose(rates, [0.1] * 4 + [0.01] * 3 + [0.001] * 3 + [0.0], rtol=1e-6)
+  assert float(jax.jit(schedule)(0)) == pytest.approx(0.1)

@@ -1,7 +1,8 @@
 """VTAB-1k command line.
 
     python -m bit_jax.vtab list [--json] [TASK_OR_GROUP ...]
-    python -m bit_jax.vtab report --results results.json --out_dir DIR [--compare Sup-100% ...]
+    python -m bit_jax.vtab report --results results.json --out_dir DIR [--protocol NAME]
+        [--compare Sup-100% ...]
     python -m bit_jax.vtab run --config=configs/vtab.py[:ARGS] --workdir=DIR \
         [--config.FIELD=VALUE ...]
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 from typing import Sequence
 
@@ -25,7 +27,7 @@ from ml_collections import config_flags
 
 from bit_jax import entry
 from bit_jax.errors import UserError
-from bit_jax.vtab import registry, report
+from bit_jax.vtab import protocols, registry, report
 from bit_jax.vtab import run as vtab_run
 
 RUN_USAGE = ("python -m bit_jax.vtab run --config=configs/vtab.py[:ARGS] --workdir=DIR "
@@ -33,7 +35,9 @@ RUN_USAGE = ("python -m bit_jax.vtab run --config=configs/vtab.py[:ARGS] --workd
 # Tuple fields, set as `--config.seeds=0,1,2`: (item type, example). ml_collections keeps an
 # item it cannot read as a literal as a string (`--config.seeds=one` gives ('one',)).
 NUMBER_TUPLES = {"seeds": (int, "0,1,2"), "resolution": (int, "448,384"),
-                 "sweep_lrs": (float, "0.01,0.1"), "sweep_steps": (int, "2500,10000")}
+                 "sweep_lrs": (float, "0.01,0.1"), "sweep_steps": (int, "2500,10000"),
+                 "lightweight_lrs": (float, "0.1,0.01"),
+                 "lightweight_steps": (int, "2500,10000")}
 
 
 def list_tasks(args: argparse.Namespace) -> None:
@@ -59,8 +63,32 @@ def write_report(args: argparse.Namespace) -> None:
                     "{task: top-1 fraction or [per-seed fractions] or null}") from None
   if not isinstance(results, dict):
     raise UserError(f"--results {args.results} must hold a JSON object {{task: top-1}}")
-  paths = report.write_report(results, args.out_dir, args.method_name, args.compare)
+  paths = report.write_report(results, args.out_dir, args.method_name, args.compare,
+                              protocol=results_protocol(args.results, args.protocol))
   print("\n".join(str(p) for p in paths.values()))
+
+
+def results_protocol(results_path: str, given: str | None) -> str:
+  """The protocol of a results file: what `run` recorded in the settings.json beside it (with
+  any departure from the published settings), or `--protocol`; they must agree."""
+  settings_path = pathlib.Path(results_path).with_name(vtab_run.SETTINGS_NAME)
+  try:
+    settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    recorded = protocols.label(settings)
+  except FileNotFoundError:
+    recorded = None
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise UserError(f"cannot read the protocol from {settings_path}: {e!r}; move it aside and "
+                    "give --protocol") from None
+  if given is not None:
+    protocols.check(given)
+    if recorded is not None and recorded.split(",")[0] != given:
+      raise UserError(f"--protocol {given} but {settings_path} records {recorded!r}: the "
+                      "results ran that protocol")
+  if recorded is None and given is None:
+    raise UserError(f"which protocol did {results_path} run? No {vtab_run.SETTINGS_NAME} "
+                    f"beside it; give --protocol ({', '.join(protocols.PROTOCOLS)})")
+  return recorded or given
 
 
 def run_tasks(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -145,6 +173,9 @@ def parser() -> argparse.ArgumentParser:
                          help="JSON {task: top-1 fraction in [0, 1], or a list per seed, or null}")
   reporting.add_argument("--out_dir", required=True)
   reporting.add_argument("--method_name", default="ours")
+  reporting.add_argument("--protocol", default=None,
+                         help=f"what the results ran ({', '.join(protocols.PROTOCOLS)}); "
+                              f"default: from the {vtab_run.SETTINGS_NAME} beside --results")
   reporting.add_argument("--compare", nargs="*", default=list(report.DEFAULT_COMPARE),
                          help="published methods (rows of published_results.csv)")
   reporting.set_defaults(job=write_report)

@@ -1,18 +1,26 @@
 """VTAB-1k runs: `run(config, workdir)` fine-tunes every selected task for every seed.
 
-Protocols (`config.protocol`, fields in configs/vtab.py):
-  hyperrule  BiT-HyperRule on train800val200 (1000 examples: 500 steps, no MixUp); top-1
-             and ECE on the whole test split.
-  sweep      every (learning rate, steps) of sweep_lrs x sweep_steps on train800, scored by
-             top-1 on val200; the best one retrained on train800val200 and tested.
-The resolution is the HyperRule's for the task's typical image size (registry `image_hw`)
-unless `config.resolution`; random flips and crops are off where they would change the
-label (registry `flip`, `random_crop`).
+Protocols (`config.protocol`, fields in configs/vtab.py; what each is and its source:
+bit_jax/vtab/protocols.py):
+  hyperrule         BiT-HyperRule on train800val200 (1000 examples: 500 steps, no MixUp); top-1
+                    and ECE on the whole test split. The resolution is the HyperRule's for the
+                    task's typical image size (registry `image_hw`) unless `config.resolution`;
+                    random flips and crops are off where they would change the label
+                    (registry `flip`, `random_crop`).
+  vtab_lightweight  The VTAB paper's lightweight sweep: every (lr, steps) of lightweight_lrs x
+                    lightweight_steps on train800 (images resized to lightweight_resolution, no
+                    crop, no flip, no MixUp, no warmup, lr / 10 at 30/60/90% of the steps),
+                    scored by top-1 on val200; the best retrained on train800val200, tested.
+  hyperrule_sweep   The hyperrule run with every (lr, steps) of sweep_lrs x sweep_steps on
+                    train800, chosen and retrained the same way.
 
 Resumable: each finished piece is a JSON file, written atomically, that a rerun reuses:
   settings.json                              what results depend on; a rerun must match it
   runs/<task>/seed<k>.json                   a finished (task, seed): top-1, ECE, its plan
   runs/<task>/seed<k>/lr<lr>_steps<n>.json   a finished sweep candidate: top-1 on val200
+  runs/<task>/seed<k>/model/                 the tested run's params.npz + model.json
+                                             (`bit_jax.run_dir`); its checkpoints/ while
+                                             it trains (resumed by a rerun)
   runs/<task>/error.txt                      the last failure's traceback, gone on success
   results.json                               {task: [top-1 per seed], or null: failed}, for
                                              the tasks run now and all finished before
@@ -38,6 +46,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import traceback
 from typing import Any
 
@@ -48,20 +57,27 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import atomic_files, checkpointing, distributed, finetune, models, pretrained
+from bit_jax import (atomic_files, checkpointing, distributed, finetune, models, pretrained,
+                     run_dir)
 from bit_jax.errors import UserError
-from bit_jax.vtab import registry, report
+from bit_jax.vtab import protocols, registry, report
 
-PROTOCOLS = ("hyperrule", "sweep")
+PROTOCOLS = tuple(protocols.PROTOCOLS)
 SETTINGS_NAME = "settings.json"
 RESULTS_NAME = "results.json"
 ERROR_NAME = "error.txt"
+MODEL_DIR = "model"  # runs/<task>/seed<k>/model: the final run's params.npz and model.json.
 REPORT_DIR = "report"
-# What a finished run's numbers depend on (sweep_* only in the sweep); seeds, tasks, the eval
-# batch and gradient accumulation do not.
-SETTINGS = ("model", "init", "protocol", "resolution", "hyperrule_variant", "dtype", "base_lr",
-            "batch_size", "total_steps", "mixup_alpha", "shuffle_buffer", "sweep_lrs",
-            "sweep_steps")
+# What a finished run's numbers depend on, per protocol; seeds, tasks, the eval batch and
+# gradient accumulation do not.
+_COMMON = ("model", "init", "protocol", "dtype", "batch_size", "shuffle_buffer")
+_HYPERRULE = ("resolution", "hyperrule_variant", "base_lr", "total_steps", "mixup_alpha")
+SETTINGS = {
+    "hyperrule": _COMMON + _HYPERRULE,
+    "hyperrule_sweep": _COMMON + _HYPERRULE + ("sweep_lrs", "sweep_steps"),
+    "vtab_lightweight": _COMMON + ("lightweight_lrs", "lightweight_steps",
+                                   "lightweight_resolution"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +103,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
     atomic_files.write_json(workdir / SETTINGS_NAME, settings)
     return params
 
-  results, failed = {}, []
+  finished, failed = {}, []  # {task: [its seeds' records] or None: failed}.
   for task in tasks:
     records = {seed: _read_result(_seed_path(workdir, task, seed)) for seed in config.seeds}
     pending = [seed for seed, record in records.items() if record is None]
@@ -95,31 +111,46 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
     try:
       if pending:
         records.update(_finish_seeds(task, pending, config, workdir, pretrained_backbone, mesh))
-      results[task.name] = [records[seed]["top1"] for seed in config.seeds]
+      finished[task.name] = [records[seed] for seed in config.seeds]
       _error_path(workdir, task).unlink(missing_ok=True)
     except Exception as e:  # pylint: disable=broad-except  # One task must not stop the rest.
-      results[task.name] = None
+      finished[task.name] = None
       failed.append(task.name)
       _record_failure(workdir, task, e)
 
-  results = _with_other_finished_tasks(results, config, workdir)
+  finished = _with_other_finished_tasks(finished, config, workdir)
+  results = {name: None if records is None else [record["top1"] for record in records]
+             for name, records in finished.items()}
   results_path = atomic_files.write_json(workdir / RESULTS_NAME, results)
-  report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model)
+  report_paths = report.write_report(results, workdir / REPORT_DIR, method_name=config.model,
+                                     protocol=_protocols(finished, settings))
   return Outcome(results, tuple(failed), results_path, report_paths)
 
 
-def _with_other_finished_tasks(results: dict, config, workdir: pathlib.Path) -> dict:
-  """`results` plus every task not asked for this time that the workdir holds for all seeds,
+def _with_other_finished_tasks(finished: dict, config, workdir: pathlib.Path) -> dict:
+  """`finished` plus every task not asked for this time that the workdir holds for all seeds,
   in registry order: running the groups one by one builds up one results.json and report."""
   merged = {}
   for task in registry.TASKS:
-    if task.name in results:
-      merged[task.name] = results[task.name]
+    if task.name in finished:
+      merged[task.name] = finished[task.name]
       continue
     records = [_read_result(_seed_path(workdir, task, seed)) for seed in config.seeds]
     if all(records):
-      merged[task.name] = [record["top1"] for record in records]
+      merged[task.name] = records
   return merged
+
+
+def _protocols(finished: dict, settings: dict) -> dict[str, str]:
+  """{task: the protocol its numbers ran}: the run's (`protocols.label`, with any departure
+  from the published settings), or the other protocol a seed's file names, which the report
+  refuses to put in the same column."""
+  ours = protocols.label(settings)
+  by_task = {}
+  for name, records in finished.items():
+    names = {record.get("protocol", "unrecorded") for record in records or ()}
+    by_task[name] = ours if names <= {settings["protocol"]} else ", ".join(sorted(names))
+  return by_task
 
 
 def select_tasks(spec: str) -> tuple[registry.Task, ...]:
@@ -133,20 +164,33 @@ def select_tasks(spec: str) -> tuple[registry.Task, ...]:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Bad input fails here, before any task runs, with one line."""
-  if config.protocol not in PROTOCOLS:
-    raise UserError(f"unknown protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+  protocols.check(config.protocol)
   models.compute_dtype(config.dtype)
   models.get_architecture(config.model)
   if not config.seeds:
     raise UserError("no seeds; give at least one, e.g. --seeds=0")
+  if config.protocol == "vtab_lightweight":
+    if config.total_steps or config.resolution:
+      raise UserError("--config.total_steps and --config.resolution set the hyperrule "
+                      "protocols; vtab_lightweight takes --config.lightweight_steps and "
+                      "--config.lightweight_resolution")
+    if (not config.lightweight_lrs or not config.lightweight_steps
+        or min(config.lightweight_steps) < 1):
+      raise UserError("vtab_lightweight needs learning rates and positive step counts, e.g. "
+                      "--config.lightweight_lrs=0.1,0.01 --config.lightweight_steps=2500,10000")
+    if config.lightweight_resolution < finetune.MIN_CROP:
+      raise UserError(f"--config.lightweight_resolution {config.lightweight_resolution} is too "
+                      f"small: at least {finetune.MIN_CROP} (the network downsamples by 32); "
+                      f"the protocol's is {protocols.LIGHTWEIGHT_RESOLUTION}")
+    return
   if config.resolution:
     finetune.make_plan(config, registry.TRAIN_EXAMPLES, None)  # Checks resize and crop.
-  if config.protocol == "sweep":
+  if config.protocol == "hyperrule_sweep":
     if config.total_steps:
-      raise UserError("--total_steps shortens the hyperrule protocol; for the sweep set "
+      raise UserError("--total_steps shortens the hyperrule protocol; for hyperrule_sweep set "
                       "--sweep_steps")
     if not config.sweep_lrs or not config.sweep_steps or min(config.sweep_steps) < 1:
-      raise UserError("the sweep needs learning rates and positive step counts, e.g. "
+      raise UserError("hyperrule_sweep needs learning rates and positive step counts, e.g. "
                       "--sweep_lrs=0.01,0.1 --sweep_steps=2500,10000")
 
 
@@ -159,10 +203,18 @@ def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dic
   records = {}
   for seed in seeds:
     logging.info("VTAB %s, seed %d: %s protocol", task.name, seed, config.protocol)
+    candidates_dir = _seed_path(workdir, task, seed).with_suffix("")
     if config.protocol == "hyperrule":
-      result = job.finetune("train800val200", "test", seed)
+      result = job.finetune("train800val200", "test", seed, job.hyperrule_plan("train800val200"),
+                            keep_in=candidates_dir / MODEL_DIR)
+    elif config.protocol == "hyperrule_sweep":
+      grid = itertools.product(config.sweep_lrs, config.sweep_steps)
+      result = _sweep(job, seed, candidates_dir, grid, lambda lr, steps, split: (
+          job.hyperrule_plan(split, base_lr=lr, total_steps=steps)))
     else:
-      result = _sweep(job, seed, _seed_path(workdir, task, seed).with_suffix(""))
+      grid = itertools.product(config.lightweight_lrs, config.lightweight_steps)
+      result = _sweep(job, seed, candidates_dir, grid, lambda lr, steps, split: (
+          _lightweight_plan(config, lr, steps)))
     records[seed] = {"task": task.name, "seed": seed, "protocol": config.protocol, **result}
     atomic_files.write_json(_seed_path(workdir, task, seed), records[seed])
   return records
@@ -178,41 +230,77 @@ class _TaskJob:
   params: Any  # Pretrained with a zero head; None fine-tunes from scratch.
   mesh: jax.sharding.Mesh
 
-  def finetune(self, train_split: str, eval_split: str, seed: int,
-               **overrides) -> dict[str, Any]:
-    """Fine-tunes on one split key, evaluates on another; `overrides` are config fields."""
-    config = self.config.copy_and_resolve_references()
-    config.update(overrides)
-    plan = self.plan(config, train_split)
+  def finetune(self, train_split: str, eval_split: str, seed: int, plan: finetune.Plan,
+               keep_in: pathlib.Path | None = None) -> dict[str, Any]:
+    """Fine-tunes by `plan` on one split key, evaluates on another. With `keep_in`, the run
+    checkpoints there (and resumes) and leaves its model there (`bit_jax.run_dir`)."""
     params = self.params
     if params is None:
       params = finetune.init_params(self.model, jax.random.key(seed), plan.crop)
     splits = self.task.splits
-    result = finetune.finetune(self.model, params, self.source, splits[train_split],
-                               self.source, splits[eval_split], self.task.num_classes, plan,
-                               seed=seed, mesh=self.mesh,
-                               cache_train=True)  # 1000 examples: decoded once, not per epoch.
+    checkpoints = None if keep_in is None else str(keep_in / checkpointing.CHECKPOINT_DIR)
+    result, params = finetune.finetune(
+        self.model, params, self.source, splits[train_split], self.source, splits[eval_split],
+        self.task.num_classes, plan, seed=seed, mesh=self.mesh,
+        cache_train=True,  # 1000 examples: decoded once, not per epoch.
+        checkpoint_dir=checkpoints)
+    if keep_in is not None and jax.process_index() == 0:
+      self._keep(keep_in, params, plan, train_split, seed, result)
     return {**result, "train_split": train_split, "eval_split": eval_split,
             "schedule": list(plan.schedule), "resolution": [plan.resize, plan.crop],
             "base_lr": plan.base_lr, "mixup_alpha": plan.mixup_alpha,
-            "flip": plan.flip, "random_crop": plan.random_crop}
+            "flip": plan.flip, "random_crop": plan.random_crop,
+            "pp_train": plan.pp_train(self.task.num_classes),
+            "pp_eval": plan.pp_eval(self.task.num_classes)}
 
-  def plan(self, config: ml_collections.ConfigDict, train_split: str) -> finetune.Plan:
+  def _keep(self, directory: pathlib.Path, params, plan: finetune.Plan, train_split: str,
+            seed: int, result: dict) -> None:
+    card = run_dir.ModelCard(
+        model=self.config.model, class_names=tuple(map(str, range(self.task.num_classes))),
+        resize=plan.resize, crop=plan.crop, pp_image=run_dir.pp_image(plan.crop),
+        label_mapping=f"VTAB {self.task.name}: {self.task.label} ({self.task.source})",
+        provenance={"init": self.config.init, "dataset": self.task.tfds,
+                    "train_split": self.task.splits[train_split], "vtab_task": self.task.name,
+                    "protocol": self.config.protocol, "seed": seed, "base_lr": plan.base_lr,
+                    "steps": plan.schedule[-1], "eval_batch_size": plan.eval_batch_size,
+                    **result})
+    run_dir.write(directory, params, card)
+    shutil.rmtree(directory / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
+
+  def hyperrule_plan(self, train_split: str, **overrides) -> finetune.Plan:
+    """The HyperRule's plan for `train_split`; `overrides` are config fields."""
+    config = self.config.copy_and_resolve_references()
+    config.update(overrides)
     # VTAB-1k sizes are known; mock data and some TFDS versions have no split metadata.
     size = registry.num_examples(self.task, train_split)
     plan = finetune.make_plan(config, size, tuple(self.task.image_hw))
     return dataclasses.replace(plan, flip=self.task.flip, random_crop=self.task.random_crop)
 
 
-def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, Any]:
-  """Every candidate on train800, scored on val200; the best retrained on train800val200."""
+def _lightweight_plan(config: ml_collections.ConfigDict, lr: float,
+                      steps: int) -> finetune.Plan:
+  """One point of VTAB's lightweight sweep (protocols.py): train and test images resized to
+  lightweight_resolution square, no crop, no flip, no MixUp; SGD momentum 0.9 and no weight
+  decay as `finetune` always trains; `steps` steps at `lr`, no warmup, lr / 10 at 30/60/90%."""
+  config = config.copy_and_resolve_references()
+  size = config.lightweight_resolution
+  config.update(resolution=(size, size), total_steps=0)  # make_plan checks the size.
+  plan = finetune.make_plan(config, registry.TRAIN_EXAMPLES, None)
+  return dataclasses.replace(plan, schedule=protocols.lightweight_schedule(steps), base_lr=lr,
+                             mixup_alpha=0.0, flip=False, random_crop=False)
+
+
+def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path, grid, plan_for
+           ) -> dict[str, Any]:
+  """Every (lr, steps) of `grid` trained on train800 and scored on val200; the best (the
+  first of equals) retrained on train800val200 and tested. `plan_for(lr, steps, split)`."""
   candidates, errors = [], []
-  for lr, steps in itertools.product(job.config.sweep_lrs, job.config.sweep_steps):
+  for lr, steps in grid:
     path = candidates_dir / f"lr{lr:g}_steps{steps}.json"
     record = _read_result(path)
     if record is None:
       try:
-        record = job.finetune("train800", "val200", seed, base_lr=lr, total_steps=steps)
+        record = job.finetune("train800", "val200", seed, plan_for(lr, steps, "train800"))
       except UserError as e:  # E.g. diverged at a high learning rate: not a choice.
         logging.warning("VTAB %s, seed %d: candidate lr %g, %d steps failed: %s",
                         job.task.name, seed, lr, steps, e)
@@ -223,8 +311,9 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path) -> dict[str, 
   if not candidates:
     raise UserError(f"every sweep candidate failed; the first: {errors[0]}")
   best = max(candidates, key=lambda c: c["val200_top1"])  # The first of equals.
-  final = job.finetune("train800val200", "test", seed, base_lr=best["base_lr"],
-                       total_steps=best["steps"])
+  final = job.finetune("train800val200", "test", seed,
+                       plan_for(best["base_lr"], best["steps"], "train800val200"),
+                       keep_in=candidates_dir / MODEL_DIR)
   return {**final, "chosen": best, "candidates": candidates}
 
 
@@ -259,11 +348,10 @@ def _load_backbone(config: ml_collections.ConfigDict):
 
 def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
   """The settings results depend on; those a workdir's finished runs came from must match."""
-  keys = [key for key in SETTINGS if config.protocol == "sweep" or not key.startswith("sweep")]
-  settings = json.loads(json.dumps({key: config[key] for key in keys}))
+  settings = json.loads(json.dumps({key: config[key] for key in SETTINGS[config.protocol]}))
   saved = _read_settings(workdir) or settings
-  changed = [f"{key} {saved.get(key)!r} -> {settings.get(key)!r}" for key in SETTINGS
-             if saved.get(key) != settings.get(key)]
+  changed = [f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
+             for key in dict.fromkeys([*saved, *settings]) if saved.get(key) != settings.get(key)]
   if changed:
     raise UserError(f"{workdir} holds results of other settings ({'; '.join(changed)}); "
                     "rerun with the same ones or use a new --workdir")

@@ -60,10 +60,45 @@ def test_report_writes_three_files(tmp_path, capsys):
   results = tmp_path / "results.json"
   results.write_text(json.dumps({"cifar100": [0.5, 0.6], "dmlab": 0.4, "svhn": None}))
   out = run_cli(capsys, "report", "--results", str(results), "--out_dir", str(tmp_path / "r"),
-                "--compare", "Sup-100%")
+                "--compare", "Sup-100%", "--protocol", "vtab_lightweight")
   assert out.split() == [str(tmp_path / "r" / f"report.{k}") for k in ("md", "csv", "png")]
   md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
   assert "| cifar100 | natural | 55.0 ± 7.1 | 2 | 57.0 |" in md
+  assert "| protocol |  | vtab_lightweight |  | vtab_lightweight | hyperrule |" in md
+
+
+def test_report_reads_the_protocol_from_the_runs_settings(tmp_path, capsys):
+  results = tmp_path / "results.json"
+  results.write_text(json.dumps({"cifar100": [0.5]}))
+  (tmp_path / "settings.json").write_text(json.dumps(
+      {"protocol": "vtab_lightweight", "lightweight_steps": [2, 4], "batch_size": 512}))
+  run_cli(capsys, "report", "--results", str(results), "--out_dir", str(tmp_path / "r"))
+  md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+  assert "| protocol |  | vtab_lightweight* |" in md
+  assert "lightweight_steps 2,4 (published 2500,10000)" in md
+
+
+@pytest.mark.parametrize("settings,flags,message", [
+    (None, [], "which protocol did {results} run? No settings.json beside it; give --protocol "
+               "(hyperrule, vtab_lightweight, hyperrule_sweep)"),
+    (None, ["--protocol", "sweep"], "protocol 'sweep' is now 'hyperrule_sweep'"),
+    (None, ["--protocol", "vtab"], "unknown protocol 'vtab'; valid: hyperrule, vtab_lightweight"),
+    ({"protocol": "hyperrule"}, ["--protocol", "vtab_lightweight"],
+     "--protocol vtab_lightweight but {settings} records 'hyperrule'"),
+])
+def test_report_without_one_known_protocol_exits_with_one_line(settings, flags, message,
+                                                               tmp_path, capsys):
+  results = tmp_path / "results.json"
+  results.write_text(json.dumps({"cifar100": 0.5}))
+  if settings is not None:
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["report", "--results", str(results), "--out_dir", str(tmp_path / "r"), *flags])
+  err = capsys.readouterr().err.strip()
+  assert exit_.value.code == 2 and "\n" not in err
+  assert err.startswith("error: " + message.format(results=results,
+                                                  settings=tmp_path / "settings.json")), err
+  assert not (tmp_path / "r").exists()
 
 
 def test_report_bad_results_file_exits_with_one_line(tmp_path, capsys):
@@ -112,7 +147,8 @@ def fake_run(monkeypatch):
 
 def test_run_config_variants_and_overrides_reach_the_config(fake_run, tmp_path, capsys):
   out = run_cli(capsys, "run",
-                f"--config={CONFIG}:model=BiT-S-R50x1,init=x.npz,tasks=natural,protocol=sweep",
+                f"--config={CONFIG}:model=BiT-S-R50x1,init=x.npz,tasks=natural,"
+                "protocol=hyperrule_sweep",
                 f"--workdir={tmp_path}", "--config.seeds=0,1", "--config.resolution=448,384",
                 "--config.sweep_lrs=0.03", "--config.sweep_steps=100,200",
                 "--config.data_dir=/data/tfds", "--config.remat", "--config.accum_steps=4",
@@ -120,7 +156,7 @@ def test_run_config_variants_and_overrides_reach_the_config(fake_run, tmp_path, 
   [(config, workdir)] = fake_run.calls
   assert workdir == str(tmp_path)
   assert (config.model, config.init, config.tasks, config.protocol) == (
-      "BiT-S-R50x1", "x.npz", "natural", "sweep")
+      "BiT-S-R50x1", "x.npz", "natural", "hyperrule_sweep")
   assert (config.seeds, config.resolution, config.sweep_lrs, config.sweep_steps) == (
       (0, 1), (448, 384), (0.03,), (100, 200))
   assert (config.data_dir, config.remat, config.accum_steps, config.dtype) == (
@@ -153,7 +189,12 @@ def test_run_names_failed_tasks_and_exits_1(fake_run, tmp_path, capsys):
     ("", ["--config.seed=1"], "unknown config key 'seed' in --config.seed; valid keys: accum"),
     (":protocl=sweep", [], "bad config argument 'protocl=sweep'; valid: model=..., init=..."),
     (":tasks=cifar100,dtd", [], "bad config argument 'dtd'"),  # Use --config.tasks=a,b.
-    (":protocol=grid", [], "unknown protocol 'grid'; valid: hyperrule, sweep"),
+    (":protocol=grid", [], "unknown protocol 'grid'; valid: hyperrule, vtab_lightweight, "
+                           "hyperrule_sweep"),
+    (":protocol=sweep", [], "protocol 'sweep' is now 'hyperrule_sweep' (the HyperRule with lr "
+                            "and steps swept; VTAB's own sweep is 'vtab_lightweight'); valid: "),
+    ("", ["--config.lightweight_steps=2.5"], "--config.lightweight_steps takes comma-separated "
+                                             "ints, e.g. --config.lightweight_steps=2500,10000"),
     ("", ["--config.tasks=cifar10"], "unknown VTAB task or group 'cifar10'"),
     ("", ["--config.seeds=one"], "--config.seeds takes comma-separated ints, e.g. "
                                  "--config.seeds=0,1,2; got one"),
@@ -184,3 +225,16 @@ def test_module_command_run_with_an_unknown_key_exits_2():
   assert done.stderr.strip().splitlines()[-1].startswith(
       "error: unknown config key 'seed' in --config.seed")
   assert not (ROOT / "unused").exists()
+
+
+def test_run_lightweight_variant_and_its_fields_reach_the_config(fake_run, tmp_path, capsys):
+  run_cli(capsys, "run", f"--config={CONFIG}:protocol=vtab_lightweight", f"--workdir={tmp_path}",
+          "--config.lightweight_lrs=0.5", "--config.lightweight_steps=2,4",
+          "--config.lightweight_resolution=32")
+  [(config, _)] = fake_run.calls
+  assert config.protocol == "vtab_lightweight"
+  assert (config.lightweight_lrs, config.lightweight_steps, config.lightweight_resolution) == (
+      (0.5,), (2, 4), 32)
+  default = vtab_config.get_config("protocol=vtab_lightweight")
+  assert (default.lightweight_lrs, default.lightweight_steps, default.lightweight_resolution,
+          default.batch_size) == ((0.1, 0.01), (2500, 10_000), 224, 512)  # The VTAB paper's.

@@ -1,4 +1,5 @@
-"""The VTAB-1k report on a hand-made results dict with hand-computed means."""
+"""The VTAB-1k report on a hand-made results dict with hand-computed means, and the protocol
+of every column."""
 
 import csv
 
@@ -32,12 +33,16 @@ def rows_by_task(rows):
   return {row["task"]: row for row in rows}
 
 
+def table(results=RESULTS, **kwargs):
+  return report.table(results, **{"protocol": "hyperrule", **kwargs})
+
+
 def test_table_means_per_group_and_over_present_tasks():
-  columns, rows = report.table(RESULTS)
+  columns, rows = table()
   assert columns == ["task", "group", "ours", "ours_std", "ours_n", "Sup-100%", "From-Scratch",
                      "BiT-L", "BiT-M", "BiT-S"]
-  assert [r["task"] for r in rows] == [*registry.names(), "natural mean", "specialized mean",
-                                       "structured mean", "mean (19 tasks)"]
+  assert [r["task"] for r in rows] == ["protocol", *registry.names(), "natural mean",
+                                       "specialized mean", "structured mean", "mean (19 tasks)"]
   by = rows_by_task(rows)
   assert by["cifar100"]["ours"] == pytest.approx(70.0)
   assert by["cifar100"]["ours_std"] == pytest.approx(10.0)  # ddof=1 over 60, 70, 80.
@@ -52,7 +57,7 @@ def test_table_means_per_group_and_over_present_tasks():
 
 
 def test_published_columns_line_up_with_the_csv():
-  _, rows = report.table(RESULTS)
+  _, rows = table()
   by = rows_by_task(rows)
   for task, value in SUP100.items():
     assert by[task]["Sup-100%"] == pytest.approx(value)
@@ -66,8 +71,8 @@ def test_published_columns_line_up_with_the_csv():
 
 
 def test_bit_headline_means_only_in_the_19_task_row():
-  _, rows = report.table(RESULTS)
-  assert [(r["BiT-L"], r["BiT-M"], r["BiT-S"]) for r in rows if r["BiT-L"] is not None] == [
+  _, rows = table()
+  assert [(r["BiT-L"], r["BiT-M"], r["BiT-S"]) for r in rows[1:] if r["BiT-L"] is not None] == [
       (76.3, 70.6, 66.9)]
   assert rows[-1]["task"] == "mean (19 tasks)" and rows[-1]["BiT-L"] == 76.3
 
@@ -82,7 +87,7 @@ def test_published_table_maps_every_vtab1k_column_to_a_task():
 
 def test_write_report_files(tmp_path):
   paths = report.write_report(RESULTS, tmp_path / "out", method_name="bit_m",
-                              compare=("Sup-100%", "Rotation"))
+                              compare=("Sup-100%", "Rotation"), protocol="hyperrule")
   assert set(paths) == {"md", "csv", "png"}
 
   md = paths["md"].read_text(encoding="utf-8")
@@ -91,11 +96,20 @@ def test_write_report_files(tmp_path):
   assert "| mean (19 tasks) | all | 58.2 | 17/19 | 66.4 |" in md and "| 76.3 | 70.6 | 66.9 |" in md
   assert "left out of `bit_m`'s means" in md and "oxford_flowers102, sun397." in md
   assert md.startswith("# VTAB-1k top-1 accuracy (%)")
+  header, _, protocol_row = md.splitlines()[2:5]
+  assert header == "| task | group | bit_m | n | Sup-100% | Rotation | BiT-L | BiT-M | BiT-S |"
+  assert protocol_row == ("| protocol |  | hyperrule |  | vtab_lightweight | vtab_lightweight | "
+                          "hyperrule | hyperrule | hyperrule |")
+  assert "`bit_m` ran hyperrule; columns of vtab_lightweight ran another protocol" in md
 
   with open(paths["csv"], newline="") as f:
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == ["task", "group", "bit_m", "bit_m_std", "bit_m_n", "Sup-100%",
                            "Rotation", "BiT-L", "BiT-M", "BiT-S"]
+  assert rows[0] == {"task": "protocol", "group": "", "bit_m": "hyperrule", "bit_m_std": "",
+                     "bit_m_n": "", "Sup-100%": "vtab_lightweight",
+                     "Rotation": "vtab_lightweight", "BiT-L": "hyperrule",
+                     "BiT-M": "hyperrule", "BiT-S": "hyperrule"}
   by = rows_by_task(rows)
   assert by["oxford_flowers102"]["bit_m"] == "" and by["oxford_flowers102"]["bit_m_n"] == "0"
   assert float(by["mean (19 tasks)"]["bit_m"]) == pytest.approx(MEAN_17, abs=1e-4)
@@ -115,5 +129,56 @@ def test_write_report_files(tmp_path):
 ])
 def test_bad_input_is_a_one_line_user_error(kwargs, valid):
   with pytest.raises(UserError) as error:
-    report.table(**kwargs)
+    report.table(**{"protocol": "hyperrule", **kwargs})
   assert valid in str(error.value) and "\n" not in str(error.value)
+
+
+# --- Protocols ------------------------------------------------------------------------------
+
+def test_every_published_vtab_row_ran_the_lightweight_sweep():
+  # Read off the table's metadata columns: hyper_sweep_size 4, preprocessing resize(224).
+  published = report.published_protocols()
+  assert len(published) == 16 and set(published.values()) == {"vtab_lightweight"}
+
+
+def test_our_protocol_heads_our_column():
+  _, rows = table(protocol="vtab_lightweight", compare=("Sup-100%",))
+  assert rows[0] == {"task": "protocol", "group": None, "ours": "vtab_lightweight",
+                     "ours_std": None, "ours_n": None, "Sup-100%": "vtab_lightweight",
+                     "BiT-L": "hyperrule", "BiT-M": "hyperrule", "BiT-S": "hyperrule"}
+
+
+def test_results_of_different_protocols_are_refused_in_one_column():
+  by_task = {task: "hyperrule" for task in RESULTS}
+  _, rows = table(protocol=by_task)  # One protocol for all: fine.
+  assert rows[0]["ours"] == "hyperrule"
+  by_task["svhn"] = by_task["eurosat"] = "vtab_lightweight"
+  with pytest.raises(UserError) as error:
+    table(protocol=by_task)
+  message = str(error.value)
+  assert message.startswith("results of different protocols cannot share one column: "
+                            "hyperrule (caltech101, cifar100, dtd, oxford_iiit_pet, ")
+  assert "; vtab_lightweight (svhn, eurosat)" in message and "\n" not in message
+  by_task["svhn"] = by_task["eurosat"] = "hyperrule"
+  by_task["oxford_flowers102"] = "vtab_lightweight"  # A failed task has no number: no conflict.
+  assert table(protocol=by_task)[1][0]["ours"] == "hyperrule"
+
+
+@pytest.mark.parametrize("protocol,message", [
+    ("sweep", "protocol 'sweep' is now 'hyperrule_sweep'"),
+    ("grid", "unknown protocol 'grid'; valid: hyperrule, vtab_lightweight, hyperrule_sweep"),
+])
+def test_an_unknown_protocol_is_refused(protocol, message):
+  with pytest.raises(UserError, match=message):
+    table(protocol=protocol)
+
+
+def test_a_modified_protocol_is_marked_in_the_report(tmp_path):
+  label = "vtab_lightweight, modified: lightweight_steps 2,4 (published 2500,10000)"
+  paths = report.write_report(RESULTS, tmp_path, protocol=label)
+  md = paths["md"].read_text(encoding="utf-8")
+  assert md.splitlines()[4].startswith("| protocol |  | vtab_lightweight* |  | vtab_lightweight |")
+  assert ("- `ours`: vtab_lightweight with settings changed from the published ones (*): "
+          "lightweight_steps 2,4 (published 2500,10000). Not comparable") in md
+  with open(paths["csv"], newline="") as f:
+    assert next(csv.DictReader(f))["ours"] == label

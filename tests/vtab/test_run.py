@@ -1,5 +1,5 @@
 """`python -m bit_jax.vtab run`: all 19 tasks end to end on mock data, resuming, a failing
-task, the sweep's choice and bad input.
+task, the sweeps' choices (VTAB's lightweight sweep, hyperrule_sweep) and bad input.
 
 The end-to-end run is a real command in a fresh process (one CPU device, as a user runs it):
 `python tests/vtab/test_run.py MOCK_DIR run ...` runs the command line on mock data. The other
@@ -14,11 +14,13 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bit_jax import atomic_files, finetune, models, npz
+import input_pipeline
+from bit_jax import atomic_files, finetune, models, npz, run_dir
 from bit_jax.errors import UserError
 from bit_jax.vtab import __main__ as cli
 from bit_jax.vtab import registry
@@ -82,9 +84,9 @@ def write_old_pets_metadata(data_dir: pathlib.Path) -> None:
                                                       "version": PETS_PREPARED_VERSION}))
 
 
-def mock_data(data_dir: pathlib.Path):
+def mock_data(data_dir: pathlib.Path, examples=None):
   write_old_pets_metadata(data_dir)
-  return tfds.testing.mock_data(data_dir=str(data_dir), as_dataset_fn=mock_examples)
+  return tfds.testing.mock_data(data_dir=str(data_dir), as_dataset_fn=examples or mock_examples)
 
 
 def main(argv):
@@ -164,34 +166,40 @@ class FakeFinetune:
     self.calls, self.score, self.fail = [], score, fail
 
   def __call__(self, model, params, train_source, train_split, test_source, test_split,
-               num_classes, plan, *, seed, mesh, cache_train=False):
-    del model, params, test_source, mesh, cache_train
+               num_classes, plan, *, seed, mesh, cache_train=False, checkpoint_dir=None):
+    del model, test_source, mesh, cache_train, checkpoint_dir
     call = {"task": train_source.name, "train": train_split, "eval": test_split,
             "num_classes": num_classes, "lr": plan.base_lr, "steps": plan.schedule[-1],
-            "seed": seed}
+            "seed": seed, "plan": plan}
     self.calls.append(call)
     if call["task"] in self.fail:
       raise RuntimeError(f"disk on fire under {call['task']}")
-    return {"top1": self.score(call), "ece": 0.25, "num_test_examples": NUM_EXAMPLES}
+    return {"top1": self.score(call), "ece": 0.25, "num_test_examples": NUM_EXAMPLES}, params
 
 
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
   """run(fake, *flags) -> exit code of `run` over tmp_path/work, from scratch, on mock data."""
   monkeypatch.setattr(finetune, "init_params", lambda *args, **kwargs: None)  # No compile.
+  kept = {}  # The tested runs' models, by directory: (params, card); nothing is written.
+  monkeypatch.setattr(run_dir, "write", lambda d, params, card: kept.update(
+      {str(d): (params, card)}))
 
-  def run(fake, *flags):
+  def run(fake, *flags, examples=None):
     monkeypatch.setattr(finetune, "finetune", fake)
-    with mock_data(tmp_path / "mock"):
+    with mock_data(tmp_path / "mock", examples):
       try:
         # ml_collections joins a tuple field given twice ((36, 32, 20, 16)): one of each.
         named = {flag.split("=")[0] for flag in flags}
+        if "--config.protocol=vtab_lightweight" in flags:  # It has its own steps and size.
+          named |= {"--config.resolution", "--config.total_steps"}
         tiny = [flag for flag in TINY if flag.split("=")[0] not in named]
         cli.main(["run", f"--config={CONFIG}:model=tiny-R14,init=", *tiny,
                   f"--workdir={tmp_path / 'work'}", *flags])
       except SystemExit as exit_:
         return exit_.code
     return 0
+  run.kept = kept
   return run
 
 
@@ -235,9 +243,10 @@ def _sweep_score(call):
   return VAL_TOP1[call["lr"], call["steps"]]
 
 
-def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
-  sweep = ["--config.protocol=sweep", "--config.sweep_lrs=0.01,0.1", "--config.sweep_steps=2,4",
-           "--config.tasks=cifar100", "--config.seeds=0,1", "--config.total_steps=0"]
+def test_hyperrule_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
+  sweep = ["--config.protocol=hyperrule_sweep", "--config.sweep_lrs=0.01,0.1",
+           "--config.sweep_steps=2,4", "--config.tasks=cifar100", "--config.seeds=0,1",
+           "--config.total_steps=0"]
   fake = FakeFinetune(score=_sweep_score)
   assert fake_run(fake, *sweep) == 0
   splits = registry.get("cifar100").splits
@@ -255,12 +264,124 @@ def test_the_sweep_retrains_the_best_validation_candidate(fake_run, tmp_path):
   assert record["chosen"] == {"base_lr": 0.01, "steps": 4, "val200_top1": 0.7}
   assert len(record["candidates"]) == 3  # The diverged one is no candidate.
   assert json.loads((workdir / "results.json").read_text()) == {"cifar100": [0.9, 0.91]}
+  # The tested run of each seed keeps its model, with its provenance; candidates keep none.
+  assert sorted(fake_run.kept) == [str(workdir / "runs" / "cifar100" / f"seed{s}" / "model")
+                                   for s in (0, 1)]
+  _, card = fake_run.kept[str(workdir / "runs" / "cifar100" / "seed0" / "model")]
+  assert card.num_classes == 100 and card.label_mapping.startswith("VTAB cifar100")
+  assert (card.provenance["base_lr"], card.provenance["steps"]) == (0.01, 4)
+  assert card.provenance["top1"] == 0.9
 
   # Resuming: finished candidates are kept; only the unfinished seed's final run is redone.
   (workdir / "runs" / "cifar100" / "seed1.json").unlink()
   again = FakeFinetune(score=_sweep_score)
   assert fake_run(again, *sweep) == 0
   assert [(c["seed"], c["lr"], c["steps"]) for c in again.calls] == [(1, 0.1, 4), (1, 0.01, 4)]
+
+
+# --- VTAB's lightweight sweep ---------------------------------------------------------------
+
+# Shortened for the test through the config (the published grid: lr 0.1, 0.01 x 2500, 10000
+# steps at 224 px); val200 top-1 per (lr, steps): the best is 0.01 x 10 steps.
+LIGHT_VAL_TOP1 = {(0.1, 10): 0.3, (0.1, 20): 0.5, (0.01, 10): 0.8, (0.01, 20): 0.6}
+LIGHT_SIZE = 48  # Resized from the 32x32 mock images, as VTAB resizes every image to 224.
+LIGHTWEIGHT = ["--config.protocol=vtab_lightweight", "--config.lightweight_lrs=0.1,0.01",
+               "--config.lightweight_steps=10,20",
+               f"--config.lightweight_resolution={LIGHT_SIZE}", "--config.tasks=cifar100"]
+# A left-right ramp: a flip reverses it, a crop shifts or stretches it.
+RAMP = np.tile((np.arange(32) * 8).astype(np.uint8)[None, :, None], (32, 1, 3))
+
+
+def ramp_examples(builder, split, **kwargs):
+  """mock_examples with every image the ramp."""
+  png = tf.io.encode_png(RAMP)
+  return mock_examples(builder, split, **kwargs).map(lambda ex: {**ex, "image": png})
+
+
+class BatchRecordingFinetune(FakeFinetune):
+  """Also draws each run's first training batch through the real input pipeline, as
+  `finetune.train` builds it from the plan."""
+
+  def __call__(self, model, params, train_source, train_split, test_source, test_split,
+               num_classes, plan, *, seed, mesh, cache_train=False, checkpoint_dir=None):
+    result = super().__call__(model, params, train_source, train_split, test_source,
+                              test_split, num_classes, plan, seed=seed, mesh=mesh)
+    batches = input_pipeline.train_iterator(
+        train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
+        seed=seed, shuffle_buffer=plan.shuffle_buffer)
+    self.calls[-1]["images"] = np.asarray(next(batches)["image"])
+    return result
+
+
+def _lightweight_score(call):
+  if call["eval"] == registry.get("cifar100").splits["test"]:
+    return TEST_TOP1
+  return LIGHT_VAL_TOP1[call["lr"], call["steps"]]
+
+
+def test_the_lightweight_sweep_picks_by_val200_and_retrains_on_train800val200(fake_run,
+                                                                               tmp_path):
+  fake = BatchRecordingFinetune(score=_lightweight_score)
+  assert fake_run(fake, *LIGHTWEIGHT, "--config.seeds=0,1") == 0
+  splits = registry.get("cifar100").splits
+  for seed in (0, 1):
+    *candidates, final = [c for c in fake.calls if c["seed"] == seed]
+    assert [(c["lr"], c["steps"]) for c in candidates] == [(0.1, 10), (0.1, 20), (0.01, 10),
+                                                           (0.01, 20)]
+    assert {(c["train"], c["eval"]) for c in candidates} == {(splits["train800"],
+                                                               splits["val200"])}
+    assert (final["train"], final["eval"]) == (splits["train800val200"], splits["test"])
+    assert (final["lr"], final["steps"]) == (0.01, 10)  # The best on val200.
+    assert final["plan"] == candidates[2]["plan"]  # Retrained with the chosen candidate's plan.
+  workdir = tmp_path / "work"
+  record = json.loads((workdir / "runs" / "cifar100" / "seed0.json").read_text())
+  assert record["protocol"] == "vtab_lightweight"
+  assert record["chosen"] == {"base_lr": 0.01, "steps": 10, "val200_top1": 0.8}
+  assert [c["val200_top1"] for c in record["candidates"]] == [0.3, 0.5, 0.8, 0.6]
+  assert json.loads((workdir / "results.json").read_text()) == {"cifar100": [0.9, 0.9]}
+
+
+def test_lightweight_preprocessing_is_a_resize_no_crop_no_flip_and_lr_drops_at_30_60_90(
+    fake_run):
+  fake = BatchRecordingFinetune(score=_lightweight_score)
+  assert fake_run(fake, *LIGHTWEIGHT, examples=ramp_examples) == 0
+  labels = "onehot(100)|keep('image', 'label')"
+  for call in fake.calls:
+    plan = call["plan"]
+    assert plan.pp_train(100) == f"decode|resize({LIGHT_SIZE})|value_range(-1,1)|{labels}"
+    assert plan.pp_eval(100) == f"decode|resize({LIGHT_SIZE})|value_range(-1,1)|{labels}"
+    assert (plan.resize, plan.crop, plan.flip, plan.random_crop) == (
+        LIGHT_SIZE, LIGHT_SIZE, False, False)
+    assert (plan.mixup_alpha, plan.batch_size) == (0.0, 8)
+    # No warmup; lr / 10 after 30%, 60% and 90% of the steps.
+    assert plan.schedule == {10: (0, 3, 6, 9, 10), 20: (0, 6, 12, 18, 20)}[call["steps"]]
+    # Every training image of the batch is the ramp resized to LIGHT_SIZE (bilinear, as
+    # task_adaptation's tf.image.resize) and scaled to [-1, 1]: nothing flipped or cropped.
+    resized = np.round(tf.image.resize(RAMP, (LIGHT_SIZE, LIGHT_SIZE)).numpy())
+    expected = resized / 255 * 2 - 1
+    images = call["images"]
+    assert images.shape == (8, LIGHT_SIZE, LIGHT_SIZE, 3)
+    np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), atol=1e-5)
+
+
+def test_a_lightweight_workdir_records_its_protocol_and_refuses_another(fake_run, tmp_path,
+                                                                        capsys):
+  workdir = tmp_path / "work"
+  assert fake_run(FakeFinetune(score=_lightweight_score), *LIGHTWEIGHT) == 0
+  settings = json.loads((workdir / "settings.json").read_text())
+  assert settings["protocol"] == "vtab_lightweight"
+  assert (settings["lightweight_lrs"], settings["lightweight_steps"],
+          settings["lightweight_resolution"]) == ([0.1, 0.01], [10, 20], LIGHT_SIZE)
+  assert "total_steps" not in settings and "resolution" not in settings  # Not its fields.
+  md = (workdir / "report" / "report.md").read_text()
+  assert "| protocol |  | vtab_lightweight* |  | vtab_lightweight | vtab_lightweight |" in md
+  assert "lightweight_steps 10,20 (published 2500,10000)" in md
+  capsys.readouterr()
+
+  assert fake_run(FakeFinetune(), "--config.tasks=cifar100") == 2  # The hyperrule protocol.
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"error: {workdir} holds results of other settings (protocol "
+                        "'vtab_lightweight' -> 'hyperrule'") and "\n" not in err
 
 
 # --- Damaged result files -------------------------------------------------------------------
@@ -307,8 +428,8 @@ def test_a_damaged_file_of_a_task_not_run_now_leaves_it_out_of_results(fake_run,
 
 
 def test_a_truncated_sweep_candidate_is_moved_aside_and_computed_again(fake_run, tmp_path):
-  sweep = ["--config.protocol=sweep", "--config.sweep_lrs=0.01,0.1", "--config.sweep_steps=2,4",
-           "--config.tasks=cifar100", "--config.total_steps=0"]
+  sweep = ["--config.protocol=hyperrule_sweep", "--config.sweep_lrs=0.01,0.1",
+           "--config.sweep_steps=2,4", "--config.tasks=cifar100", "--config.total_steps=0"]
   assert fake_run(FakeFinetune(score=_sweep_score), *sweep) == 0
   runs = tmp_path / "work" / "runs" / "cifar100"
   candidate = runs / "seed0" / "lr0.01_steps4.json"
@@ -369,7 +490,16 @@ def test_the_traceback_file_is_written_atomically(fake_run, tmp_path, monkeypatc
 @pytest.mark.parametrize("flags,message", [
     (["--config.tasks=cifar10"], "unknown VTAB task or group 'cifar10'; valid groups: natural"),
     (["--config.tasks=,"], "no VTAB tasks in ','"),
-    (["--config.protocol=grid"], "unknown protocol 'grid'; valid: hyperrule, sweep"),
+    (["--config.protocol=grid"], "unknown protocol 'grid'; valid: hyperrule, vtab_lightweight, "
+                                 "hyperrule_sweep"),
+    (["--config.protocol=sweep"], "protocol 'sweep' is now 'hyperrule_sweep'"),
+    (["--config.protocol=vtab_lightweight", "--config.total_steps=2"],
+     "--config.total_steps and --config.resolution set the hyperrule protocols; "
+     "vtab_lightweight takes --config.lightweight_steps and --config.lightweight_resolution"),
+    (["--config.protocol=vtab_lightweight", "--config.lightweight_resolution=16"],
+     "--config.lightweight_resolution 16 is too small: at least 32"),
+    (["--config.protocol=vtab_lightweight", "--config.lightweight_steps=0"],
+     "vtab_lightweight needs learning rates and positive step counts"),
     (["--config.resolution=448"], "--config.resolution takes RESIZE,CROP, e.g. "
                                   "--config.resolution=448,384; got 448"),
     (["--config.resolution=big,small"], "--config.resolution takes comma-separated ints"),
@@ -378,7 +508,8 @@ def test_the_traceback_file_is_written_atomically(fake_run, tmp_path, monkeypatc
                              "--config.seeds=0,1,2; got one"),
     (["--config.model=R50"], "unknown model 'R50'; valid models: BiT-S-R50x1"),
     (["--config.dtype=float16"], "unknown dtype 'float16'; valid: float32, bfloat16"),
-    (["--config.protocol=sweep", "--config.total_steps=2"], "--total_steps shortens the hyperrule"),
+    (["--config.protocol=hyperrule_sweep", "--config.total_steps=2"],
+     "--total_steps shortens the hyperrule"),
     (["--config.init=missing.npz"], "checkpoint 'missing.npz' does not exist"),
 ])
 def test_bad_input_exits_with_one_line(flags, message, fake_run, tmp_path, capsys):

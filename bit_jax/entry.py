@@ -7,11 +7,10 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from bit_jax.errors import EXIT_PREEMPTED  # A preempted run's status (errors.Preempted).
+
 EXIT_FAILED = 1  # The run failed: it diverged, or a checkpoint could not be written.
 EXIT_BAD_INPUT = 2  # A bad config, flag, file or workdir; nothing was written.
-# SIGTERM or SIGINT (Ctrl-C) stopped the run after it saved a checkpoint; rerunning the same
-# command resumes. 128 + SIGTERM, the status a shell reports for a job SIGTERM killed.
-EXIT_PREEMPTED = 143
 
 
 def prepare() -> None:

@@ -8,6 +8,11 @@ traceback.
 """
 
 
+# SIGTERM or SIGINT (Ctrl-C) stopped the run after it saved a checkpoint; rerunning the same
+# command resumes. 128 + SIGTERM, the status a shell reports for a job SIGTERM killed.
+EXIT_PREEMPTED = 143
+
+
 class UserError(ValueError):
   """Bad input from the user; the message is one line naming what is wrong and what is valid."""
 
@@ -24,6 +29,9 @@ class CheckpointError(RuntimeError):
 class Preempted(SystemExit):
   """SIGTERM or SIGINT stopped the run after it saved a checkpoint; rerunning resumes.
 
-  A `SystemExit` whose code is `bit_jax.entry.EXIT_PREEMPTED`: schedulers and scripts see
-  "stopped early, resumable" and not "done", whether the run came from train.py or not.
+  A `SystemExit` whose code is `EXIT_PREEMPTED`: schedulers and scripts see "stopped early,
+  resumable" and not "done", whether the run came from train.py or not.
   """
+
+  def __init__(self):
+    super().__init__(EXIT_PREEMPTED)

@@ -11,7 +11,7 @@ Pure functions on arrays; computing the features is the caller's job.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,8 +34,12 @@ def _check_labels(labels: np.ndarray, num_classes: int | None = None) -> np.ndar
 
 # --- Selecting the few shots --------------------------------------------------------------------
 
-def select_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+def select_few_shot(labels: np.ndarray, shots: int, seed: int,
+                    class_names: Sequence[str] | None = None) -> np.ndarray:
   """Returns sorted indices of exactly `shots` examples of every class present in `labels`.
+
+  `UserError` if a class has fewer than `shots` examples, naming it by `class_names[label]`
+  when given (else by its label).
 
   Same draw as big_vision's evaluator: one `np.random.default_rng(seed)` (PCG64, the same stream
   on every platform for a given NumPy version) permutes each class's indices in ascending class
@@ -48,8 +52,11 @@ def select_few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
   classes, counts = np.unique(labels, return_counts=True)
   if counts.size and counts.min() < shots:
     smallest = int(np.argmin(counts))
-    raise UserError(f"Class {classes[smallest]} has only {counts[smallest]} examples, "
-                     f"fewer than shots={shots}.")
+    label = int(classes[smallest])
+    name = (f"{class_names[label]!r} (label {label})"
+            if class_names is not None and label < len(class_names) else str(label))
+    raise UserError(f"Class {name} has only {counts[smallest]} examples, fewer than "
+                    f"shots={shots}; shots can be at most {counts[smallest]}.")
   rng = np.random.default_rng(seed)
   # A stable sort groups each class's indices in ascending order, like np.where(labels == c),
   # without a pass over all labels per class.

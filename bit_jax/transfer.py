@@ -5,12 +5,24 @@ the pretrained checkpoint (and, optionally, the same run from scratch as the bas
 optionally, the frozen-feature evaluations of `bit_jax.linear_eval`. Every result has test
 top-1 on the full test split and ECE; all go to `<workdir>/results.json`, TensorBoard, and a
 table printed at the end.
+
+Each fine-tuning run keeps its result in its own directory, `<workdir>/runs/<init>-<shots>-
+seed<k>/`:
+  settings.json   what the run depends on (its plan, init, data); a rerun must match it
+  checkpoints/    its state every `checkpoint_every_steps` and on SIGTERM; gone once finished
+  params.npz      the fine-tuned parameters, official layout (`bit_jax.run_dir`)
+  model.json      how to use them: `python -m bit_jax.predict --model_dir=<run dir> ...`
+  result.json     its test top-1 and ECE, written last
+A rerun skips the finished runs, resumes an interrupted one from its checkpoint and computes
+the rest, so a killed or preempted transfer loses at most `checkpoint_every_steps` steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -22,15 +34,20 @@ from clu import metric_writers
 import input_pipeline
 from input_pipeline import derived
 from bit_jax import atomic_files, checkpointing, distributed, fewshot, finetune
-from bit_jax import host_allocator, linear_eval, models
+from bit_jax import features as features_lib
+from bit_jax import host_allocator, linear_eval, models, run_dir
 from bit_jax.errors import UserError
 
 RESULTS_NAME = "results.json"
+RUNS_DIR = "runs"
+SETTINGS_NAME = "settings.json"
+RESULT_NAME = "result.json"
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every evaluation `config` asks for; returns what results.json holds."""
   methods = _linear_methods(config.linear_eval)
+  _check_config(config, methods)
   mesh = distributed.data_mesh()
   host_allocator.log_advice(jax.default_backend())
   source = input_pipeline.get_source(config.dataset, config.data_dir)
@@ -41,39 +58,52 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   model = models.get_model(config.model, num_classes=num_classes, dtype=config.dtype,
                            remat=config.remat, kernels=config.kernels)
   pretrained_params = checkpointing.load_init(config.init, model)
+  for split in filter(None, (config.test_split, config.val_split)):
+    input_pipeline.check_split(source, split)  # Missing or empty: fails before any training.
   train_labels = derived.read_labels(source, config.train_split)
   num_train = config.num_train_examples or len(train_labels)
   image_hw = tuple(config.image_size) or _image_hw(source)
 
   runs = []
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
   inits = [("pretrained", pretrained_params)] if pretrained_params is not None else []
   if config.from_scratch_baseline or pretrained_params is None:
     inits.append(("scratch", None))
 
+  # Every draw and plan first: a bad one fails before anything is trained or written.
+  class_names = _class_names(source, num_classes)
+  jobs = []  # (shots, seed, train source, plan)
   for shots in (config.shots if config.finetune else ()):
     for seed in config.seeds:
       train_source, size = source, num_train
       if shots:
-        chosen = fewshot.select_few_shot(train_labels, shots, seed)
+        chosen = fewshot.select_few_shot(train_labels, shots, seed, class_names)
         train_source, size = derived.Subset(source, config.train_split, chosen), len(chosen)
-      plan = finetune.make_plan(config, size, image_hw)
-      for init_name, params in inits:
-        if params is None:
-          params = finetune.init_params(model, jax.random.key(seed), plan.crop)
-        logging.info("Fine-tuning from %s: %s shots, seed %d, %s", init_name, shots or "all",
-                     seed, plan)
-        result = finetune.finetune(model, params, train_source, config.train_split, source,
-                                   config.test_split, num_classes, plan, seed=seed,
-                                   mesh=mesh, cache_train=bool(shots))
-        runs.append({"evaluation": "finetune", "init": init_name, "shots": shots or "all",
-                     "seed": seed, **result, "schedule": list(plan.schedule),
-                     "resolution": [plan.resize, plan.crop], "mixup_alpha": plan.mixup_alpha})
-        _write_results(workdir, config, runs)
+      jobs.append((shots, seed, train_source, finetune.make_plan(config, size, image_hw)))
+  linear_plan = finetune.make_plan(config, num_train, image_hw) if methods else None
+
+  for shots, seed, train_source, plan in jobs:
+    for init_name, params in inits:
+      name = f"{init_name}-{f'{shots}shot' if shots else 'all'}-seed{seed}"
+      directory = os.path.join(workdir, RUNS_DIR, name)
+      settings = {"model": config.model, "init": config.init if params is not None else "",
+                  "dataset": config.dataset, "train_split": config.train_split,
+                  "test_split": config.test_split, "shots": shots or "all", "seed": seed,
+                  "num_classes": num_classes, "plan": _plan_settings(plan)}
+      result = _finished_result(directory, settings)
+      if result is None:
+        logging.info("Fine-tuning %s: %s", name, plan)
+        result = _finetune_run(model, params, train_source, source, config, plan, seed,
+                               mesh, settings, directory, class_names, cache=bool(shots))
+      else:
+        logging.info("Skipping %s: finished before (%s)", name, directory)
+      runs.append({"evaluation": "finetune", "init": init_name, "shots": shots or "all",
+                   "seed": seed, **result, "schedule": list(plan.schedule),
+                   "resolution": [plan.resize, plan.crop], "mixup_alpha": plan.mixup_alpha,
+                   "run_dir": directory})
+      _write_results(workdir, config, runs)
 
   if methods:
-    plan = finetune.make_plan(config, num_train, image_hw)
+    plan = linear_plan
     for init_name, params in inits:
       if params is None:
         params = finetune.init_params(model, jax.random.key(0), plan.crop)
@@ -82,6 +112,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       _write_results(workdir, config, runs)
 
   summary = summarize(runs)
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
   for i, row in enumerate(summary):
     writer.write_scalars(i, {f"{row['evaluation']}/{row['init']}/{row['shots']}shot/{k}":
                              row[k] for k in ("top1_mean", "ece_mean")})
@@ -89,6 +121,106 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   results = _write_results(workdir, config, runs)
   print(format_table(summary))
   return results
+
+
+def _finetune_run(model, params, train_source, source, config, plan, seed, mesh, settings,
+                  directory, class_names, *, cache: bool) -> dict[str, Any]:
+  """One fine-tuning run, resumed from its checkpoint if it has one; leaves a run directory
+  (`bit_jax.run_dir`) and returns the test metrics."""
+  atomic_files.write_json(os.path.join(directory, SETTINGS_NAME), settings)
+  if params is None:
+    params = finetune.init_params(model, jax.random.key(seed), plan.crop)
+  checkpoints = os.path.join(directory, checkpointing.CHECKPOINT_DIR)
+  result, params = finetune.finetune(
+      model, params, train_source, config.train_split, source, config.test_split,
+      settings["num_classes"], plan, seed=seed, mesh=mesh, cache_train=cache,
+      checkpoint_dir=checkpoints)
+  if jax.process_index() == 0:
+    card = run_dir.ModelCard(
+        model=config.model, class_names=class_names, resize=plan.resize, crop=plan.crop,
+        pp_image=run_dir.pp_image(plan.crop),
+        provenance={**{k: v for k, v in settings.items() if k != "plan"},
+                    "steps": plan.schedule[-1], "trainable": plan.trainable,
+                    "eval_batch_size": plan.eval_batch_size, **result})
+    run_dir.write(directory, params, card)
+    atomic_files.write_json(os.path.join(directory, RESULT_NAME), result)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # params.npz holds what they led to.
+  return result
+
+
+def _plan_settings(plan: finetune.Plan) -> dict[str, Any]:
+  """The plan's fields that change a run's numbers (not how often it logs or saves)."""
+  ignored = ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "accum_steps")
+  return {k: v for k, v in dataclasses.asdict(plan).items() if k not in ignored}
+
+
+def _finished_result(directory: str, settings: dict) -> dict | None:
+  """The result of a finished run in `directory`, None if it has not finished; `UserError`
+  if the directory holds a run with other settings (its numbers would be mislabelled)."""
+  stored = _read_json(os.path.join(directory, SETTINGS_NAME))
+  if stored is not None and stored != json.loads(json.dumps(settings)):
+    field = _first_difference(stored, json.loads(json.dumps(settings)))
+    raise UserError(f"{directory} holds a run with other settings ({field}); use another "
+                    "--workdir, or the settings it was run with")
+  result = _read_json(os.path.join(directory, RESULT_NAME))
+  if result is None or not run_dir.is_run(directory):
+    return None
+  return result
+
+
+def _first_difference(stored: dict, wanted: dict, prefix: str = "") -> str:
+  for key in sorted(set(stored) | set(wanted)):
+    old, new = stored.get(key), wanted.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
+      if old != new:
+        return _first_difference(old, new, f"{prefix}{key}.")
+    elif old != new:
+      return f"{prefix}{key} was {old!r}, the config asks for {new!r}"
+  return "none"
+
+
+def _read_json(path: str) -> dict | None:
+  """A JSON object from `path`; None if it is missing, and moved aside (logged) if it cannot
+  be read, so the run it belongs to is computed again."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      value = json.load(f)
+    if isinstance(value, dict) and value:
+      return value
+  except (OSError, ValueError):
+    pass
+  aside = atomic_files.move_aside(path)
+  logging.warning("%s could not be read; moved it to %s and computing it again", path, aside)
+  return None
+
+
+def _class_names(source, num_classes: int) -> tuple[str, ...]:
+  """Class index -> name, from the folder's sub-folders or TFDS metadata; else the indices."""
+  names = getattr(source, "class_names", None)
+  if names is None:
+    try:
+      names = source.builder.info.features["label"].names
+    except (AttributeError, KeyError, TypeError):
+      names = None
+  if not names or len(names) != num_classes:
+    names = [str(i) for i in range(num_classes)]
+  return tuple(str(n) for n in names)
+
+
+def _check_config(config: ml_collections.ConfigDict, methods: tuple[str, ...]) -> None:
+  """The fields `finetune.make_plan` does not check; `UserError` on the first bad one."""
+  if not config.finetune and not methods:
+    raise UserError("finetune=False and no linear_eval method: nothing to run; set "
+                    "--config.finetune=True or --config.linear_eval=ericsson_linear,...")
+  if not config.seeds or not all(isinstance(s, int) and s >= 0 for s in config.seeds):
+    raise UserError(f"seeds={tuple(config.seeds)!r} is not valid: give one or more integers "
+                    ">= 0, e.g. --config.seeds=0,1,2")
+  if config.finetune and (not config.shots or not all(
+      isinstance(s, int) and s >= 0 for s in config.shots)):
+    raise UserError(f"shots={tuple(config.shots)!r} is not valid: give integers >= 0 "
+                    "(examples per class; 0 is the whole training split), e.g. 0 or 1,5,10")
 
 
 def _linear_methods(names) -> tuple[str, ...]:
@@ -104,7 +236,9 @@ def _linear_methods(names) -> tuple[str, ...]:
 
 def _frozen_feature_runs(config, methods, model, params, source, num_classes, plan, mesh,
                          init_name):
-  """The `linear_eval` methods on frozen pre_logits at the HyperRule's eval resolution.
+  """The `linear_eval` methods on frozen pre_logits, each at its protocol's preprocessing
+  (`linear_eval.FEATURE_PP`; ncm at the fine-tuning's eval resolution) unless
+  `config.linear_pp` sets one for all.
 
   ericsson_fewshot's episodes come from train and test together, as ssl-transfer's
   `SetDataset` pools every split; the episode sizes are checked before any feature is computed.
@@ -114,19 +248,24 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
                            derived.read_labels(source, config.test_split)])
     for shots in config.fewshot_shots:
       linear_eval.check_episodes(pool, config.fewshot_ways, shots, config.fewshot_queries)
-  pp = plan.pp_eval(num_classes)
-  features = lambda split: finetune.predict(model, params, source, split, pp,
-                                            batch_size=plan.eval_batch_size, mesh=mesh,
-                                            output="pre_logits")
-  train_x, train_y = features(config.train_split)
-  test_x, test_y = features(config.test_split)
-  train_y, test_y = train_y.argmax(-1), test_y.argmax(-1)
+  cache = {}
+  def features(method, split):  # (pre_logits, integer labels), once per (pp, split).
+    pp = _feature_pp(config, method, plan, num_classes)
+    if (pp, split) not in cache:
+      out = features_lib.extract(model, params, source, split, pp,
+                                 batch_size=plan.eval_batch_size, mesh=mesh)
+      cache[pp, split] = out["pre_logits"], out["labels"]
+    return cache[pp, split]
+  def train_and_test(method):
+    return (*features(method, config.train_split), *features(method, config.test_split))
+
   runs = []
-  few = [m for m in methods if m in ("bigvision_fewshot", "ncm")]
-  if few:
-    runs += linear_eval.few_shot(train_x, train_y, test_x, test_y, num_classes,
-                                 shots=config.linear_shots, seeds=config.seeds, methods=few)
+  for method in (m for m in methods if m in ("bigvision_fewshot", "ncm")):
+    runs += linear_eval.few_shot(*train_and_test(method), num_classes,
+                                 shots=config.linear_shots, seeds=config.seeds,
+                                 methods=(method,))
   if "ericsson_fewshot" in methods:
+    train_x, train_y, test_x, test_y = train_and_test("ericsson_fewshot")
     pool_x, pool_y = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
     for shots in config.fewshot_shots:
       for seed in config.seeds:
@@ -138,9 +277,9 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
     if metric == "voc07_map":
       raise UserError("ericsson_linear's voc07_map needs multi-hot labels, which transfer.py "
                       "does not feed; call bit_jax.linear_eval.ericsson_linear directly")
+    train_x, train_y, test_x, test_y = train_and_test("ericsson_linear")
     if config.val_split:
-      val_x, val_y = features(config.val_split)
-      val_y = val_y.argmax(-1)
+      val_x, val_y = features("ericsson_linear", config.val_split)
       fit_x, fit_y = train_x, train_y
     else:
       fit, val = linear_eval.split_validation(len(train_y), config.val_fraction)
@@ -148,7 +287,17 @@ def _frozen_feature_runs(config, methods, model, params, source, num_classes, pl
     result = linear_eval.ericsson_linear(fit_x, fit_y, val_x, val_y, test_x, test_y,
                                          metric=metric)
     runs.append({**result, "shots": "all", "seed": linear_eval.VAL_SEED})
-  return [{"evaluation": r.pop("method"), "init": init_name, **r} for r in runs]
+  return [{"evaluation": r["method"], "init": init_name,
+           "pp": _feature_pp(config, r["method"], plan, num_classes),
+           **{k: v for k, v in r.items() if k != "method"}} for r in runs]
+
+
+def _feature_pp(config, method: str, plan: finetune.Plan, num_classes: int) -> str:
+  """The preprocessing `method`'s features are extracted at (see `_frozen_feature_runs`)."""
+  middle = config.linear_pp or linear_eval.FEATURE_PP[method]
+  if middle is None:
+    return plan.pp_eval(num_classes)
+  return f"decode|{middle}|value_range(-1,1)|onehot({num_classes})|keep('image', 'label')"
 
 
 def _image_hw(source) -> tuple[int, int] | None:

@@ -49,6 +49,9 @@ def get_config(arg=None):
   c.from_scratch_baseline = False  # Also fine-tune from random init, for comparison.
   c.linear_eval = ()  # Any of ericsson_linear, ericsson_fewshot, bigvision_fewshot, ncm.
   c.linear_shots = (1, 5, 10, 25)  # k per class for bigvision_fewshot and ncm.
+  # The frozen features' preprocessing between decode and value_range, e.g. "resize(32)";
+  # "": each method's published one (linear_eval.FEATURE_PP: 224 px crops).
+  c.linear_pp = ""
   c.linear_metric = ""  # ericsson_linear's metric; "" picks Ericsson et al.'s for the dataset.
   c.fewshot_ways = 5  # ericsson_fewshot: classes per episode.
   c.fewshot_shots = (5, 20, 50)  # ericsson_fewshot: support examples per class (K).
@@ -67,6 +70,7 @@ def get_config(arg=None):
     c.seeds = (0, 1)
     c.from_scratch_baseline = True
     c.linear_eval = ("bigvision_fewshot", "ericsson_fewshot", "ericsson_linear")
+    c.linear_pp = "resize(32)"  # The published 224 px crops: ~50x the compute for 32 px images.
     c.linear_shots = (5, 10)
     c.fewshot_shots = (5, 10)
     c.fewshot_episodes = 100

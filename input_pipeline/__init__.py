@@ -5,6 +5,9 @@ Follow one batch through the modules in this order:
                 `data_dir`), the embedded offline datasets (`embedded/`:
                 `bit_animal_silhouettes` upstream, `bit_digits` downstream), or
                 `folder:/path` (`image_folder.py`, one sub-folder per class).
+                Also Sources built directly: `image_files.py` (a list of image
+                files, for `bit_jax.predict`) and `indexed.py` (any source
+                with each example's position in the split, `_index`).
   splits.py     TFDS split strings (`train[:800]`, `train[10%:]+test`) and
                 per-process shards.
   ops.py        preprocessing ops from a string, e.g. `"decode|
@@ -22,6 +25,9 @@ Public API (what the training and transfer loops call):
   get_source(dataset, data_dir=None, *, download=True) -> Source
   num_examples(dataset, split, data_dir=None, *, process_index=0,
                process_count=1) -> int
+  check_split(dataset, split, data_dir=None) -> int
+      Its size; InputError if the split is missing or empty. Call it for
+      every split a run reads, before training.
   train_iterator(dataset, split, pp, global_batch_size, mesh, *, seed=0,
                  start_step=0, data_dir=None, shuffle_buffer=10_000,
                  cache=False, prefetch=2) -> Iterator[dict[str, jax.Array]]
@@ -37,6 +43,7 @@ Public API (what the training and transfer loops call):
 leaves it, e.g. float32 [b, h, w, 3]), "label" (int, or one-hot float after
 `onehot`), plus whatever else the pp keeps.
 """
+from input_pipeline.datasets import check_split
 from input_pipeline.datasets import get_source
 from input_pipeline.datasets import num_examples
 from input_pipeline.datasets import Source
@@ -51,6 +58,6 @@ from input_pipeline.streams import eval_dataset
 from input_pipeline.streams import MASK
 from input_pipeline.streams import train_dataset
 
-__all__ = ["EvalBatches", "InputError", "MASK", "OPS", "Source", "eval_dataset",
-           "eval_iterator", "get_preprocess_fn", "get_source", "num_examples",
+__all__ = ["EvalBatches", "InputError", "MASK", "OPS", "Source", "check_split",
+           "eval_dataset", "eval_iterator", "get_preprocess_fn", "get_source", "num_examples",
            "register", "train_dataset", "train_iterator"]

@@ -72,6 +72,34 @@ def num_examples(dataset: str | Source, split: str, data_dir: str | None = None,
   return dataset.num_examples(split, process_index, process_count)
 
 
+def check_split(dataset: str | Source, split: str,
+                data_dir: str | None = None) -> int:
+  """The number of examples in `split`, read from metadata where there is any.
+
+  Cheap (reads no example of TFDS data that has metadata): entry points call it
+  for every split before any training, so a split missing from a folder
+  dataset fails at once. `InputError` (one line naming the split, the dataset
+  and its splits) if the split is not valid or holds no example.
+  """
+  source = get_source(dataset, data_dir) if isinstance(dataset, str) else dataset
+  n = source.num_examples(split)
+  if n == 0:
+    sizes = sorted(_split_sizes(source).items())
+    valid = ", ".join(f"{name} ({size})" for name, size in sizes)
+    raise InputError(f"split {split!r} of {source.name} holds no examples"
+                     f"{f'; its splits: {valid}' if valid else ''}; "
+                     f"{splits.HELP}")
+  return n
+
+
+def _split_sizes(source: Source) -> dict[str, int]:
+  sizes = getattr(source, "split_sizes", None)  # Image folders.
+  if sizes is None and hasattr(source, "builder"):
+    sizes = {name: info.num_examples
+             for name, info in source.builder.info.splits.items()}
+  return dict(sizes or {})
+
+
 def count(ds: tf.data.Dataset) -> int:
   return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 

@@ -69,6 +69,13 @@ class ImageFolder:
                        f"{self.root}/<split>/<class>/<image>")
     if any(_images(os.path.join(self.root, d)) for d in top):
       layouts = {"train": self.root}
+    elif not any(_subdirs(os.path.join(self.root, d)) for d in top):
+      # Empty class folders, not split folders: they hold no folders.
+      raise InputError(
+          f"image folder {self.root} has no images "
+          f"({', '.join(IMAGE_EXTENSIONS)}) in its class sub-folders "
+          f"({', '.join(top)}); expected {self.root}/<class>/<image> or "
+          f"{self.root}/<split>/<class>/<image>")
     else:
       layouts = {s: os.path.join(self.root, s) for s in top}
     files = {}
@@ -80,6 +87,10 @@ class ImageFolder:
             f"image folder {folder} has no images "
             f"({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders; expected "
             f"{folder}/<class>/<image>")
+      empty = [c for c, paths in files[split].items() if not paths]
+      if empty:
+        logging.warning("Class folders without images in %s (classes with no "
+                        "%s examples): %s.", folder, split, ", ".join(empty))
     return files
 
   def _ranges(self, split, process_index, process_count):

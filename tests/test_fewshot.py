@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bit_jax import fewshot
+from bit_jax.errors import UserError
 
 
 # --- select_few_shot ----------------------------------------------------------------------------
@@ -63,8 +64,14 @@ def test_select_too_many_shots_names_class_count_and_k():
   with pytest.raises(ValueError) as info:
     fewshot.select_few_shot(_labels(), 5, seed=0)
   message = str(info.value)
-  assert message == "Class 2 has only 4 examples, fewer than shots=5."
+  assert message == "Class 2 has only 4 examples, fewer than shots=5; shots can be at most 4."
   assert "\n" not in message
+
+
+def test_select_too_many_shots_names_the_class_by_its_name():
+  with pytest.raises(UserError, match=r"^Class 'cow' \(label 2\) has only 4 examples, fewer "
+                                      r"than shots=5; shots can be at most 4\.$"):
+    fewshot.select_few_shot(_labels(), 5, seed=0, class_names=["cat", "dog", "cow"])
 
 
 @pytest.mark.parametrize("labels, shots", [

@@ -1,8 +1,10 @@
 """Transfer end to end: mock data, the embedded demo, results and bad input."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bit_jax import models, npz, transfer
+import input_pipeline
+from bit_jax import (distributed, entry, features, fewshot, finetune, models, npz, predict,
+                     run_dir, transfer)
 from bit_jax.errors import UserError
 from configs import transfer as transfer_config
 
@@ -19,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tiny(**overrides):
   config = transfer_config.get_config("model=tiny-R14,dataset=cifar10")
-  config.update(dict(resolution=(36, 32), batch_size=16, eval_batch_size=16, total_steps=4,
-                     log_every_steps=2, shuffle_buffer=64, **overrides))
+  config.update({**dict(resolution=(36, 32), batch_size=16, eval_batch_size=16, total_steps=4,
+                        log_every_steps=2, shuffle_buffer=64), **overrides})
   return config
 
 
@@ -29,7 +33,7 @@ def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
   config = _tiny(shots=(0, 1), seeds=(3,),
                  linear_eval=("bigvision_fewshot,ncm", "ericsson_linear", "ericsson_fewshot"),
                  linear_shots=(1,), fewshot_ways=2, fewshot_shots=(1,), fewshot_queries=1,
-                 fewshot_episodes=5, accum_steps=2, remat=True)
+                 fewshot_episodes=5, accum_steps=2, remat=True, linear_pp="resize(32)")
   built = []
   get_model = models.get_model
   monkeypatch.setattr(models, "get_model", lambda *a, **k: built.append(get_model(*a, **k))
@@ -51,6 +55,18 @@ def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
   with open(tmp_path / transfer.RESULTS_NAME) as f:
     assert json.load(f)["summary"] == results["summary"]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_each_frozen_feature_method_reads_its_published_preprocessing():
+  plan = finetune.make_plan(_tiny(), 50, None)
+  pp = lambda method, **kw: transfer._feature_pp(_tiny(**kw), method, plan, 10)
+  tail = "|value_range(-1,1)|onehot(10)|keep('image', 'label')"
+  assert pp("ericsson_linear") == ("decode|resize_small(224, method='bicubic')|"
+                                   f"central_crop(224){tail}")
+  assert pp("ericsson_fewshot") == f"decode|resize(257)|central_crop(224){tail}"
+  assert pp("bigvision_fewshot") == f"decode|resize(256)|central_crop(224){tail}"
+  assert pp("ncm") == plan.pp_eval(10)
+  assert pp("ericsson_linear", linear_pp="resize(32)") == f"decode|resize(32){tail}"
 
 
 def test_summary_gives_mean_and_spread_over_seeds():
@@ -81,7 +97,8 @@ def test_a_checkpoint_for_another_architecture_is_refused(tmp_path):
 
 def test_more_shots_than_the_smallest_class_is_refused(tmp_path):
   config = _tiny(dataset="bit_digits", shots=(500,))
-  with pytest.raises(UserError, match=r"Class \d has only \d+ examples, fewer than shots=500"):
+  with pytest.raises(UserError, match=r"Class '\d' \(label \d\) has only \d+ examples, "
+                                      "fewer than shots=500"):
     transfer.finetune_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / transfer.RESULTS_NAME)
 
@@ -132,3 +149,154 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_
   assert all(r["num_test_examples"] == 500 for r in runs
              if r["evaluation"] != "ericsson_fewshot")
   assert {r["resolution"][1] for r in runs if "resolution" in r} == {32}
+
+  # Each fine-tuning run left a model that predicts its own test split exactly as it scored.
+  finetuned = [r for r in runs if r["evaluation"] == "finetune"]
+  assert len(finetuned) == 4 and all(run_dir.is_run(r["run_dir"]) for r in finetuned)
+  run = next(r for r in finetuned if r["init"] == "pretrained" and r["shots"] == 5)
+  predicted = predict.predict(run["run_dir"], ["tfds:bit_farm_animals:test"], labels=True)
+  assert predicted.metrics["top1"] == run["top1"]
+  assert predicted.metrics["num_examples"] == 500
+
+  # Features written by `bit_jax.features` give the run's own ridge few-shot numbers.
+  def extract(split):
+    arrays = features.features(pretrain_dir, "bit_farm_animals", split,
+                               str(tmp_path / f"{split}.npz"), model_name="tiny-R14",
+                               resolution=32, batch_size=250)
+    return arrays["pre_logits"], arrays["labels"]
+  (train_x, train_y), (test_x, test_y) = extract("train"), extract("test")
+  for shots in (5, 10):
+    [ridge] = [r for r in runs if r["evaluation"] == "bigvision_fewshot"
+               and r["init"] == "pretrained" and r["shots"] == shots]
+    chosen = fewshot.select_few_shot(train_y, shots, seed=0)
+    assert fewshot.ridge_fewshot_accuracy(train_x[chosen], train_y[chosen], test_x, test_y,
+                                          5) == ridge["top1"]
+
+
+def _run_dirs(workdir):
+  return sorted(os.listdir(os.path.join(workdir, transfer.RUNS_DIR)))
+
+
+def test_each_run_keeps_its_model_and_a_rerun_skips_it(tmp_path, monkeypatch):
+  config = _tiny(shots=(1,), seeds=(0, 1), trainable="block4")
+  with tfds.testing.mock_data(num_examples=40):
+    first = transfer.finetune_and_evaluate(config, str(tmp_path))
+    assert _run_dirs(tmp_path) == ["scratch-1shot-seed0", "scratch-1shot-seed1"]
+    for run in first["runs"]:
+      model, params, card = run_dir.load(run["run_dir"])
+      assert card.num_classes == 10 and card.crop == 32
+      assert card.provenance["seed"] == run["seed"] and card.provenance["shots"] == 1
+      assert card.provenance["trainable"] == "block4"
+      assert card.pp_eval() == finetune.make_plan(config, 10, None).pp_eval(10)
+      assert not os.path.exists(os.path.join(run["run_dir"], "checkpoints"))
+      # Only block4 onwards was trained: the stem is still the random init of its seed.
+      init = finetune.init_params(model, jax.random.key(run["seed"]), 32)
+      np.testing.assert_array_equal(params["root_conv"]["kernel"], init["root_conv"]["kernel"])
+
+    # A rerun finds both finished: nothing is trained, the results are the same.
+    monkeypatch.setattr(finetune, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = transfer.finetune_and_evaluate(config, str(tmp_path))
+  assert [r["top1"] for r in again["runs"]] == [r["top1"] for r in first["runs"]]
+
+
+def test_a_killed_transfer_keeps_its_finished_runs(tmp_path, monkeypatch):
+  config = _tiny(shots=(1,), seeds=(0, 1))
+  train = finetune.train
+  calls = []
+  def dies_in_the_second_run(*args, **kwargs):
+    calls.append(kwargs["seed"])
+    if len(calls) == 2:
+      raise KeyboardInterrupt  # Stands for SIGKILL: nothing after this point runs.
+    return train(*args, **kwargs)
+  monkeypatch.setattr(finetune, "train", dies_in_the_second_run)
+  with tfds.testing.mock_data(num_examples=40):
+    with pytest.raises(KeyboardInterrupt):
+      transfer.finetune_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / transfer.RESULTS_NAME) as f:
+      assert [r["seed"] for r in json.load(f)["runs"]] == [0]
+    results = transfer.finetune_and_evaluate(config, str(tmp_path))
+  assert calls == [0, 1, 1]  # The finished seed 0 is not trained again.
+  assert [r["seed"] for r in results["runs"]] == [0, 1]
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    transfer.finetune_and_evaluate(_tiny(shots=(1,)), str(tmp_path))
+    with pytest.raises(UserError, match=r"holds a run with other settings \(plan.base_lr was "
+                                        r"0.003, the config asks for 0.01\)"):
+      transfer.finetune_and_evaluate(_tiny(shots=(1,), base_lr=0.01), str(tmp_path))
+
+
+def test_an_interrupted_finetuning_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+  """Killed after step 5 with a checkpoint at step 4: the rerun starts at step 4 and ends
+  bitwise where an uninterrupted run ends (MixUp on, so its randomness is replayed too)."""
+  config = _tiny(total_steps=6, checkpoint_every_steps=2, mixup_alpha=0.2)
+  real_iterator = input_pipeline.train_iterator
+  with tfds.testing.mock_data(num_examples=40):
+    source = input_pipeline.get_source("cifar10")
+    plan = finetune.make_plan(config, 40, None)
+    model = models.get_model("tiny-R14", num_classes=10)
+    params = jax.device_get(finetune.init_params(model, jax.random.key(0), plan.crop))
+    def run(checkpoint_dir=None):
+      return jax.device_get(finetune.train(model, params, source, "train", 10, plan, seed=0,
+                                           mesh=distributed.data_mesh(),
+                                           checkpoint_dir=checkpoint_dir))
+    uninterrupted = run()
+
+    def dies_after_five_batches(*args, **kwargs):
+      batches = real_iterator(*args, **kwargs)
+      for _ in range(5):
+        yield next(batches)
+      raise KeyboardInterrupt
+    monkeypatch.setattr(input_pipeline, "train_iterator", dies_after_five_batches)
+    checkpoints = str(tmp_path / "checkpoints")
+    with pytest.raises(KeyboardInterrupt):
+      run(checkpoints)
+    assert os.listdir(checkpoints) == ["4"]
+
+    starts = []
+    def records_its_start(*args, **kwargs):
+      starts.append(kwargs["start_step"])
+      return real_iterator(*args, **kwargs)
+    monkeypatch.setattr(input_pipeline, "train_iterator", records_its_start)
+    resumed = run(checkpoints)
+  assert starts == [4]
+  a, b = npz.flatten(uninterrupted), npz.flatten(resumed)
+  for key in a:
+    assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def test_sigterm_saves_the_finetuning_run_and_exits_143(tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
+       f"--workdir={tmp_path}", "--config.init=", "--config.from_scratch_baseline=False",
+       "--config.shots=5", "--config.seeds=0", "--config.linear_eval=",
+       "--config.total_steps=100000", "--config.log_every_steps=1"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in process.stderr:  # Wait until steps are running.
+    if "fine-tune step 2/" in line or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGTERM)
+  _, rest = process.communicate(timeout=120)
+  assert process.returncode == entry.EXIT_PREEMPTED, rest[-3000:]
+  assert "Rerun the same command to resume" in rest
+  checkpoints = tmp_path / transfer.RUNS_DIR / "scratch-5shot-seed0" / "checkpoints"
+  [step] = os.listdir(checkpoints)
+  assert int(step) >= 2
+  assert not run_dir.is_run(checkpoints.parent)  # Not finished: no model card.
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(seeds=()), r"seeds=\(\) is not valid: give one or more integers >= 0"),
+    (dict(shots=(-1,)), r"shots=\(-1,\) is not valid"),
+    (dict(resolution=(36,)), r"resolution=\(36,\) is not valid: it must be two integers"),
+    (dict(trainable="backbone"), r"trainable='backbone' is not valid; valid: all, head"),
+    (dict(test_split="validation"), r"validation"),
+    (dict(finetune=False), r"nothing to run"),
+])
+def test_bad_transfer_input_is_refused_before_anything_is_written(tmp_path, overrides,
+                                                                  message):
+  with pytest.raises(UserError, match=message):
+    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", **overrides), str(tmp_path))
+  assert os.listdir(tmp_path) == []

@@ -140,3 +140,28 @@ def test_labels_are_int64_and_paths_absolute(tmp_path, write_folder,
   (ex,) = _read(ImageFolder("."))
   assert ex["label"].dtype == np.int64
   assert os.path.isabs(ex["file_name"].decode())
+
+
+def test_class_folders_without_images_are_named_not_read_as_splits(tmp_path):
+  for name in ("cat", "dog"):
+    os.makedirs(tmp_path / name)
+  with pytest.raises(InputError) as e:
+    ImageFolder(str(tmp_path))
+  assert str(e.value) == (
+      f"image folder {tmp_path} has no images (.bmp, .gif, .jpeg, .jpg, .png, "
+      f".webp) in its class sub-folders (cat, dog); expected {tmp_path}/<class>/"
+      f"<image> or {tmp_path}/<split>/<class>/<image>")
+
+
+def test_check_split_fails_at_once_on_a_missing_or_empty_split(tmp_path,
+                                                               write_folder):
+  write_folder(tmp_path, {"train/cat": 2, "train/dog": 1})
+  source = ImageFolder(str(tmp_path))
+  assert ip.check_split(source, "train") == 3
+  assert ip.check_split(f"folder:{tmp_path}", "train[1:]") == 2
+  with pytest.raises(InputError, match=r"bad split 'test' .*valid splits: train;"):
+    ip.check_split(source, "test")  # No test/ folder: fails before any training.
+  with pytest.raises(InputError, match=(
+      r"^split 'train\[:0\]' of folder:.* holds no examples; its splits: "
+      r"train \(3\); slice like")):
+    ip.check_split(source, "train[:0]")

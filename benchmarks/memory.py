@@ -19,11 +19,21 @@ there, the saving is not); the residuals column shows what both save on a backen
 keeps them. The model is the plain one accelerators run (`kernels="plain"`), not the
 XLA:CPU-tuned kernels `bit_jax.cpu_kernels` would give it on CPU.
 
-Copy the printed table into benchmarks/RESULTS.md (section "Memory").
+With `--upstream`, the pretraining step instead (`configs/bit_l.py` for R152x4: 18,291
+sigmoid classes; `configs/bit_m.py` for R50x1: 21,843), on a mesh of `--devices` simulated
+CPU devices (the script starts with 8), replicated and `fsdp` (`bit_jax.sharding`): the
+per-device peak of the partitioned program, beside the memory of TPU v3, TPU v4, H100 and
+H200 (nominal, per core or GPU), and the residuals of one device's batch (what `remat`
+shrinks on an accelerator; the CPU proxy's peak does not show that saving, see above):
+
+  python benchmarks/memory.py --upstream   # R152x4 224 px 8/device, R50x1 224 px 128/device
+
+Copy the printed tables into benchmarks/RESULTS.md (section "Memory").
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -33,25 +43,44 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bit_jax import losses, models  # noqa: E402
+from bit_jax import distributed, losses, models, optim, sharding  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
+from configs import bit_l, bit_m  # noqa: E402
 
 GIB = 2**30
 # dtype:accum_steps:remat, from the naive step to the one that fits.
 DEFAULT_SETTINGS = ("float32:1:0,bfloat16:1:0,bfloat16:1:1,bfloat16:16:1,float32:32:0,"
                     "bfloat16:32:1,bfloat16:64:1")
+# --upstream: (config, model, batch per device), each compiled replicated and fsdp.
+UPSTREAM_SETTINGS = "bit_l:BiT-M-R152x4:8,bit_m:BiT-M-R50x1:128"
+UPSTREAM_CONFIGS = {"bit_l": bit_l.get_config, "bit_m": bit_m.get_config}
+BUDGETS_GIB = {"TPU v3": 16, "TPU v4": 32, "H100": 80, "H200": 141}  # Nominal, per device.
+SIMULATED_DEVICES = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="BiT-M-R152x4")
-  parser.add_argument("--resolution", type=int, default=384)
+  parser.add_argument("--resolution", type=int, default=None,
+                      help="default 384 (fine-tuning), 224 with --upstream")
   parser.add_argument("--batch", type=int, default=512, help="images per step, one device")
-  parser.add_argument("--num_classes", type=int, default=1000)
+  parser.add_argument("--num_classes", type=int, default=None,
+                      help="default 1000 (fine-tuning), the config's with --upstream")
   parser.add_argument("--settings", default=DEFAULT_SETTINGS,
                       help="comma-separated dtype:accum_steps:remat (remat 0 or 1)")
   parser.add_argument("--budget_gib", type=float, default=80e9 / GIB,
                       help="the accelerator's memory: 80 GB (74.5 GiB)")
+  parser.add_argument("--upstream", action="store_true",
+                      help="the pretraining step on --devices devices, replicated vs fsdp")
+  parser.add_argument("--upstream_settings", default=UPSTREAM_SETTINGS,
+                      help="comma-separated config:model:batch_per_device (config: "
+                           f"{', '.join(UPSTREAM_CONFIGS)})")
+  parser.add_argument("--devices", type=int, default=SIMULATED_DEVICES,
+                      help="the mesh's devices for --upstream")
+  parser.add_argument("--dtype", default="bfloat16", help="compute dtype for --upstream")
+  parser.add_argument("--remat", type=int, default=1, help="remat (0 or 1) for --upstream")
+  parser.add_argument("--fsdp_min_size", type=int, default=None,
+                      help="fsdp's threshold in elements; default: the config's")
   return parser.parse_args(argv)
 
 
@@ -110,8 +139,102 @@ def parse_settings(text: str) -> list[tuple[str, int, bool]]:
   return settings
 
 
+def upstream_memory(config_name: str, model_name: str, resolution: int, batch_per_device: int,
+                    dtype: str, remat: bool, mode: str, mesh: jax.sharding.Mesh, *,
+                    num_classes: int | None = None, fsdp_min_size: int | None = None
+                    ) -> dict[str, float]:
+  """Per-device memory analysis (bytes) of the compiled, partitioned upstream train step.
+
+  As `bit_jax.train` builds it: the config's optimizer and loss, the state sharded by `mode`
+  (`bit_jax.sharding`, the config's `fsdp_min_size`) and donated, the batch split over the
+  mesh's `data` axis. XLA's analysis of an SPMD program is that of one device's program.
+  `num_classes` and `fsdp_min_size` override the config's.
+  """
+  config = UPSTREAM_CONFIGS[config_name](f"model={model_name}")
+  config.num_classes = num_classes or config.num_classes
+  config.fsdp_min_size = fsdp_min_size or config.fsdp_min_size
+  model = models.get_model(model_name, config.num_classes, dtype=dtype, remat=remat,
+                           kernels="plain")
+  schedule = optim.make_schedule(config, steps_per_epoch=10_000, total_steps=100_000)
+  optimizer = optim.make_optimizer(config, schedule)
+  params = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3))))["params"]
+  shapes = jax.eval_shape(lambda p: train_step_lib.create_train_state(p, optimizer), params)
+  state_shardings = sharding.shardings(shapes, mesh, mode, config.fsdp_min_size)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batched = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch = batch_per_device * mesh.size
+  batch_shapes = {"image": jax.ShapeDtypeStruct((batch, resolution, resolution, 3),
+                                                jnp.float32, sharding=batched),
+                  "label": jax.ShapeDtypeStruct((batch, config.num_classes), jnp.float32,
+                                                sharding=batched)}
+  step = train_step_lib.make_train_step(model, optimizer, losses.get_loss(config.loss),
+                                        schedule)
+  start = time.perf_counter()
+  compiled = jax.jit(step, in_shardings=(state_shardings, batched),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0).lower(
+                         sharding.abstract(shapes, state_shardings), batch_shapes).compile()
+  stats = compiled.memory_analysis()
+  out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
+         "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out["state"] = _nbytes(shapes)
+  out["state_per_device"] = sum(
+      x.size * x.dtype.itemsize * math.prod(s.shard_shape(x.shape)) // max(1, x.size)
+      for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(state_shardings)))
+  out["compile_s"] = time.perf_counter() - start
+  out["num_classes"] = config.num_classes
+  out["residuals"] = residual_bytes(model, params, batch_per_device, resolution,
+                                    config.num_classes)
+  return out
+
+
+def main_upstream(args: argparse.Namespace) -> list[dict]:
+  """The --upstream report: one table row per (setting, sharding mode)."""
+  if jax.device_count() < args.devices:
+    raise ValueError(f"--devices={args.devices}, but JAX sees {jax.device_count()}: run this "
+                     "file as a script (it asks for 8 CPU devices), or set "
+                     f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices}")
+  mesh = distributed.data_mesh(jax.devices()[:args.devices])
+  device = jax.devices()[0]
+  print(f"resolution: {args.resolution}\ndevices: {args.devices} x "
+        f"{device.platform}:{device.device_kind}\ndtype: {args.dtype}\n"
+        f"remat: {bool(args.remat)}")
+  budgets = " | ".join(f"fits {name} ({gib} GiB)" for name, gib in BUDGETS_GIB.items())
+  print(f"\n| model | classes | batch per device | sharding | state GiB per device | "
+        f"arguments GiB | temp GiB | peak GiB per device | {budgets} | residuals GiB |\n"
+        f"|{'---|' * (9 + len(BUDGETS_GIB))}")
+  rows = []
+  for item in args.upstream_settings.split(","):
+    config_name, model_name, batch = item.split(":")
+    if config_name not in UPSTREAM_CONFIGS:
+      raise ValueError(f"config {config_name!r}: one of {', '.join(UPSTREAM_CONFIGS)}")
+    for mode in sharding.MODES:
+      m = upstream_memory(config_name, model_name, args.resolution, int(batch), args.dtype,
+                          bool(args.remat), mode, mesh, num_classes=args.num_classes,
+                          fsdp_min_size=args.fsdp_min_size)
+      m.update(model=model_name, batch_per_device=int(batch), sharding=mode)
+      rows.append(m)
+      fits = " | ".join("yes" if m["peak"] <= gib * GIB else "no"
+                        for gib in BUDGETS_GIB.values())
+      print(f"| {model_name} | {m['num_classes']} | {batch} | {mode} | "
+            f"{m['state_per_device'] / GIB:.2f} | {m['argument'] / GIB:.2f} | "
+            f"{m['temp'] / GIB:.2f} | {m['peak'] / GIB:.2f} | {fits} | "
+            f"{m['residuals'] / GIB:.2f} |", flush=True)
+  print()
+  for m in rows:
+    print(f"peak_gib[{m['model']}:{m['sharding']}]: {m['peak'] / GIB:.2f} "
+          f"(compiled in {m['compile_s']:.0f} s)")
+  return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
   args = parse_args(argv)
+  args.resolution = args.resolution or (224 if args.upstream else 384)
+  if not args.upstream:
+    args.num_classes = args.num_classes or 1000
+  if args.upstream:
+    return main_upstream(args)
   device = jax.devices()[0]
   print(f"model: {args.model}\nresolution: {args.resolution}\nbatch: {args.batch}\n"
         f"device: {device.platform}:{device.device_kind}\nbudget_gib: {args.budget_gib:.1f}")
@@ -140,4 +263,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  # Before any backend exists: the simulated devices --upstream partitions over.
+  jax.config.update("jax_num_cpu_devices", SIMULATED_DEVICES)
   main()

@@ -5,9 +5,19 @@ Each checkpoint holds the train state; the input stream's position is the state'
 run would see next. Saves are asynchronous and atomic (orbax writes a temporary directory and
 renames it), so a killed run leaves the previous checkpoint intact.
 
-A `train.py` workdir holds `checkpoints/<step>/` and, once finished, `params.npz` (the
-official layout). Upstream training starts from `restore_or_initialize`; fine-tuning from
-`load_init` (an official .npz, or such a workdir, read through `read_params`).
+Each checkpoint carries a `fingerprint` of its arrays' bits (in its orbax metadata), so one
+that cannot be used (a data file truncated, bytes flipped: NaN, or numbers merely wrong) is
+found when it is restored: `Checkpointer.restore_good` logs it in one line and falls back to
+the newest one that restores whole, finite and as saved. A run (`restore_or_initialize`)
+renames the damaged step to `<step>.unreadable-<time>` (`atomic_files.move_aside`: kept,
+never deleted; orbax no longer sees it as a step); a reader of another run (`read_params`)
+leaves it. With no good checkpoint left, it stops with one line and moves nothing.
+
+A `train.py` workdir holds `checkpoints/<step>/`, `settings.json` (`bit_jax.run_settings`:
+what the run was started with, its total steps included) and, once finished, `params.npz`
+(the official layout). Upstream training starts from `restore_or_initialize`; fine-tuning
+from `load_init` (an official .npz, or such a workdir, read through `read_params`; a workdir
+of an unfinished run is used with a warning naming its step and total steps).
 """
 
 from __future__ import annotations
@@ -17,10 +27,11 @@ import os
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
-from bit_jax import models, pretrained, zoo
+from bit_jax import atomic_files, models, pretrained, run_settings, zoo
 from bit_jax.errors import CheckpointError, UserError
 
 CHECKPOINT_DIR = "checkpoints"  # <workdir>/checkpoints/<step>: a train.py run's checkpoints.
@@ -30,7 +41,8 @@ EXPORT_NAME = "params.npz"  # <workdir>/params.npz: a finished train.py run's pa
 class Checkpointer:
   """Asynchronous, keep-N checkpoints; the caller decides when to save.
 
-  `keep=None` keeps every checkpoint; `read_only` only reads (and creates no directory).
+  `keep=None` keeps every checkpoint; `read_only` only reads. The directory is created by
+  the first `save`.
   """
 
   def __init__(self, directory: str, *, keep: int | None = None, use_async: bool = True,
@@ -42,8 +54,8 @@ class Checkpointer:
     if read_only:  # Orbax warns about (and overrides) any option that would write.
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0)
-    else:
-      options = ocp.CheckpointManagerOptions(max_to_keep=keep,
+    else:  # The directory is made by the first save: a run that fails first leaves none.
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False,
                                              enable_async_checkpointing=use_async)
     # The handler named up front, so that a manager that has not saved can read metadata.
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -60,8 +72,11 @@ class Checkpointer:
     failed (orbax waits for the previous one here in any case)."""
     self.wait()
     self._in_flight = step
+    metadata = {FINGERPRINT: fingerprint(state)}  # Before the state is donated to a step.
     with self._writing(step):
-      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      os.makedirs(self.directory, exist_ok=True)
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                         custom_metadata=metadata)
 
   def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
     """`{"block1/unit01/conv1/kernel": shape, ...}` of checkpoint `step`, from its metadata
@@ -72,11 +87,82 @@ class Checkpointer:
     return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
             for path, leaf in leaves}
 
+  def newest_param_shapes(self) -> tuple[int | None, dict[str, tuple[int, ...]] | None]:
+    """(step, `param_shapes(step)`) of the newest checkpoint whose metadata reads, or
+    (None, None) when there is none."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.param_shapes(step)
+      except Exception:  # pylint: disable=broad-except  # Damaged: `restore_good` says so.
+        continue
+    return None, None
+
   def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
     """Checkpoint `step` (default: the latest), as `abstract_state`'s shapes, dtypes and
-    shardings; without it, as saved (a dict tree)."""
+    shardings (any mesh: orbax reads each device's part); without it, as saved (a dict
+    tree), each array whole on this process's CPU, whatever devices wrote it."""
     step = self.latest_step() if step is None else step
+    if abstract_state is None:  # Orbax would otherwise want the writer's devices.
+      cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+      abstract_state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
+          self._manager.item_metadata(step), is_leaf=lambda x: hasattr(x, "shape"))
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def restore_good(self, abstract_state: Any = None, *, move_damaged: bool = False,
+                   steps: list[int] | None = None) -> tuple[Any, int]:
+    """(state, step) of the newest checkpoint (of `steps`; default: all) that restores, holds
+    only finite numbers and matches its fingerprint.
+
+    Each newer, damaged one is logged in one line, with the step used instead; with
+    `move_damaged` it is renamed aside (by process 0), never deleted. `UserError` naming
+    every step and what is wrong with it when none is good; then nothing is moved.
+    `abstract_state` as for `restore`.
+    """
+    damaged = []  # (step, what is wrong)
+    for step in sorted(self.all_steps() if steps is None else steps, reverse=True):
+      try:
+        state = self.restore(abstract_state, step)
+      except Exception as e:  # pylint: disable=broad-except  # Orbax's, for any damage.
+        problem = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
+      else:
+        problem = self._problem(step, state)
+        if problem is None:
+          self._set_aside(damaged, move_damaged, fallback=step)
+          return state, step
+      damaged.append((step, problem))
+    raise UserError(
+        f"no usable checkpoint in {self.directory}: "
+        f"{'; '.join(f'step {s}: {p}' for s, p in damaged)}; nothing was moved: move the "
+        "directory aside to start from scratch, or use another workdir")
+
+  def _problem(self, step: int, state: Any) -> str | None:
+    """What is wrong with `state`, restored from `step`, or None: finite and as saved."""
+    bad = non_finite_leaf(state)
+    if bad is not None:
+      return f"{bad} holds NaN or Inf"
+    try:
+      saved = (self._manager.metadata(step).custom_metadata or {}).get(FINGERPRINT) or {}
+    except Exception:  # pylint: disable=broad-except  # Unreadable metadata: nothing to check.
+      saved = {}
+    restored = fingerprint(state)
+    for path in sorted(saved.keys() & restored.keys()):  # A checkpoint from before: none.
+      if saved[path] != restored[path]:
+        return f"{path} does not hold the numbers saved (its fingerprint differs)"
+    return None
+
+  def _set_aside(self, damaged: list[tuple[int, str]], move: bool, fallback: int) -> None:
+    """Logs (and with `move`, renames aside) the `damaged` steps newer than `fallback`."""
+    for step, problem in damaged:
+      where = "left in place"
+      if move:
+        path = os.path.join(self.directory, str(step))
+        where = (f"moved to {atomic_files.move_aside(path)}" if jax.process_index() == 0
+                 else "process 0 moves it aside")
+      logging.warning("Checkpoint step %d in %s is damaged (%s), %s; using step %d instead.",
+                      step, self.directory, problem, where, fallback)
+    if move and damaged:
+      self._manager.reload()  # Forget the moved steps.
 
   def wait(self) -> None:
     """Blocks until the write in flight is on disk; `CheckpointError` if it failed."""
@@ -103,6 +189,53 @@ class Checkpointer:
           f"(steps: {', '.join(map(str, kept)) or 'none'})") from e
 
 
+FINGERPRINT = "fingerprint"  # The key of `fingerprint(state)` in a step's custom metadata.
+
+
+def fingerprint(tree: Any) -> dict[str, int]:
+  """{leaf path: the sum of its elements' bits, as unsigned integers, modulo 2**32}.
+
+  Integer sums are exact in any order, so the fingerprint is the same on every platform and
+  sharding; a restored array that differs from the saved one in any single element differs
+  in it (several changes could cancel, by a 1 in 2**32 chance).
+  """
+  leaves = _leaves(tree, lambda dtype: jnp.issubdtype(dtype, jnp.number))
+
+  def bit_sum(x):
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).sum(dtype=jnp.uint32)
+
+  sums = jax.device_get(jax.jit(lambda xs: [bit_sum(x) for x in xs])(list(leaves.values())))
+  return {path: int(total) for path, total in zip(leaves, sums)}
+
+
+def non_finite_leaf(tree: Any) -> str | None:
+  """The path (`params/head/kernel`) of the first floating leaf of `tree` holding NaN or Inf,
+  or None when all are finite."""
+  leaves = _leaves(tree, lambda dtype: jnp.issubdtype(dtype, jnp.inexact))
+  finite = jax.device_get(jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])(
+      list(leaves.values())))
+  return next((path for path, ok in zip(leaves, finite) if not ok), None)
+
+
+def _leaves(tree: Any, keep: Callable[[Any], bool]) -> dict[str, Any]:
+  """{"params/head/kernel": leaf} of the array leaves whose dtype `keep` accepts."""
+  leaves = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and not jax.dtypes.issubdtype(dtype, jax.dtypes.extended) and (
+        keep(dtype)):
+      leaves["/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                      for k in path)] = leaf
+  return leaves
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  line = (str(e).strip().splitlines() or [""])[0]
+  line = line.split(" See full TensorStore details")[0]  # A dump of the array's spec follows.
+  return line if len(line) <= limit else line[:limit] + "..."
+
+
 def _listdir(directory: str) -> list[str]:
   try:
     return os.listdir(directory)
@@ -121,16 +254,20 @@ def restore_or_initialize(checkpointer: Checkpointer, abstract_state: Any,
   fresh state.
   """
   if checkpointer.latest_step() is not None:
-    step = checkpointer.latest_step()
-    return checkpointer.restore(abstract_state), f"resumed from step {step} in this workdir"
+    # A damaged newer checkpoint is moved aside; the run goes on from the newest good one.
+    state, step = checkpointer.restore_good(abstract_state, move_damaged=True)
+    return state, f"resumed from step {step} in this workdir"
   if resume:
     other = Checkpointer(resume, read_only=True)
-    if other.latest_step() is None:
-      raise UserError(f"config.resume={resume!r} holds no checkpoint; expected a "
-                      "directory of step folders such as <workdir>/checkpoints")
-    state = other.restore(abstract_state)
-    other.close()
-    return state, f"resumed from step {other.latest_step()} of {resume}"
+    try:
+      if other.latest_step() is None:
+        raise UserError(f"config.resume={resume!r} holds no checkpoint; expected a "
+                        "directory of step folders such as <workdir>/checkpoints")
+      check_param_shapes(other, abstract_state, f"config.resume={resume!r}")
+      state, step = other.restore_good(abstract_state)  # Another run's: only read.
+    finally:
+      other.close()
+    return state, f"resumed from step {step} of {resume}"
   if init:
     init = zoo.resolve(init)  # A release name (`BiT-M-R50x1`) is the zoo's cached file.
     params, report = pretrained.load(init, model)
@@ -140,18 +277,24 @@ def restore_or_initialize(checkpointer: Checkpointer, abstract_state: Any,
 
 
 def read_params(workdir: str, step: int | None = None) -> tuple[dict, int]:
-  """(params on the host, step) of checkpoint `step` (default: latest) of a train.py run."""
+  """(params on the host, step) of checkpoint `step` (default: the newest good one, see
+  `Checkpointer.restore_good`; a damaged one is left in place) of a train.py run."""
   directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   if not os.path.isdir(directory):
     raise UserError(f"{directory} does not exist; expected the workdir of a train.py run")
   checkpointer = Checkpointer(directory, read_only=True)
   try:
     steps = checkpointer.all_steps()
-    step = checkpointer.latest_step() if step is None else step
-    if step not in steps:
-      raise UserError(f"no checkpoint for step {step} in {directory}; "
-                      f"valid steps: {', '.join(map(str, steps)) or 'none'}")
-    state = checkpointer.restore(step=step)
+    if step is None:
+      if not steps:
+        raise UserError(f"{directory} holds no checkpoint; expected the workdir of a "
+                        "train.py run")
+      state, step = checkpointer.restore_good()
+    else:
+      if step not in steps:
+        raise UserError(f"no checkpoint for step {step} in {directory}; "
+                        f"valid steps: {', '.join(map(str, steps)) or 'none'}")
+      state, step = checkpointer.restore_good(steps=[step])
   finally:
     checkpointer.close()
   return jax.device_get(state["params"]), step
@@ -172,6 +315,7 @@ def load_init(init: str, model: models.ResNetV2) -> dict[str, Any] | None:
       init = exported
     else:
       params, step = read_params(init)
+      _warn_if_unfinished(init, step)
       params, report = pretrained.fit(params, model, reset_head=True,
                                       source=f"{init} (step {step})")
       logging.info("Initialised from %s step %d: %s", init, step, report)
@@ -179,6 +323,32 @@ def load_init(init: str, model: models.ResNetV2) -> dict[str, Any] | None:
   params, report = pretrained.load(init, model, reset_head=True)
   logging.info("Initialised from %s: %s", init, report)
   return params
+
+
+def _warn_if_unfinished(workdir: str, step: int) -> None:
+  """A workdir without params.npz is an unfinished (or stopped) run: say so loudly."""
+  total = run_settings.total_steps(workdir)
+  of_total = f"of its {total} total steps" if total else "of an unknown number of steps"
+  logging.warning(
+      "%s is an UNFINISHED train.py run (no %s): initialising from its checkpoint at step "
+      "%d %s. Finish it (rerun train.py on it) or pass its params.npz once it exists.",
+      workdir, EXPORT_NAME, step, of_total)
+
+
+def check_param_shapes(checkpointer: Checkpointer, abstract_state: Any, source: str) -> None:
+  """`UserError` (one line) when the newest checkpoint whose metadata reads holds parameters
+  of other shapes than `abstract_state.params`: another model or head, which orbax would
+  refuse step by step as if each checkpoint were damaged. Shapes only: any mesh may read it."""
+  step, found = checkpointer.newest_param_shapes()
+  if found is None:
+    return  # None reads: `restore_good` says what is wrong with each.
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+  expected = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+              for path, leaf in leaves}
+  if found != expected:
+    raise UserError(f"{source} holds a {pretrained.describe(found)} run (step {step}); the "
+                    f"config's model is a {pretrained.describe(expected)}: resume from a run "
+                    "of the same model and num_classes")
 
 
 def abstract_of(tree: Any) -> Any:

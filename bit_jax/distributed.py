@@ -39,7 +39,8 @@ def maybe_initialize(config: Any) -> bool:
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """`devices` (default: every device of every host) on one axis, `data`: batches are
-  sharded on it (`P("data")`), the train state is replicated (`P()`).
+  sharded on it (`P("data")`); the train state is replicated (`P()`) or, with
+  `config.sharding="fsdp"`, its large leaves are split over it too (`bit_jax.sharding`).
 
   The axis is `Auto`: XLA propagates the shardings through the model, which can then be
   written with plain reshapes (`jax.make_mesh`'s default, `Explicit`, types every

@@ -21,9 +21,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import calibration, hyperrule, losses, models
+from bit_jax import (calibration, checkpointing, distributed, freezing, hyperrule, losses,
+                     models, preemption, run_dir)
+from bit_jax import sharding as sharding_lib
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import UserError
+from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
 
 # The network downsamples by 32: a smaller crop leaves block4 nothing to see.
 MIN_CROP = 32
@@ -46,6 +48,10 @@ class Plan:
   # Off for tasks whose label a flip or a crop would change (VTAB's positions, orientations).
   flip: bool = True
   random_crop: bool = True  # Else resize straight to the crop size, as in evaluation.
+  trainable: str = "all"  # What is updated (bit_jax.freezing): all, head, or blockN onwards.
+  checkpoint_every_steps: int = 0  # With a checkpoint directory; 0: only on SIGTERM.
+  sharding: str = "replicated"  # The train state on the mesh (bit_jax.sharding), or fsdp.
+  fsdp_min_size: int = sharding_lib.DEFAULT_MIN_SIZE  # fsdp: elements a leaf needs to split.
 
   def pp_train(self, num_classes: int) -> str:
     size = (f"resize({self.resize})|random_crop({self.crop})" if self.random_crop
@@ -55,7 +61,8 @@ class Plan:
             "keep('image', 'label')")
 
   def pp_eval(self, num_classes: int) -> str:
-    return (f"decode|resize({self.crop})|value_range(-1,1)|onehot({num_classes})|"
+    """What the run's model card records (`run_dir.pp_image`), with one-hot labels."""
+    return (f"{run_dir.pp_image(self.crop)}|onehot({num_classes})|"
             f"keep('image', 'label')")
 
 
@@ -63,7 +70,13 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
   """The HyperRule for `dataset_size` training examples of `image_hw` images, with the
   config's overrides and its other fine-tuning fields."""
   if config.resolution:
-    resize, crop = config.resolution
+    resolution = config.resolution
+    if not (isinstance(resolution, (tuple, list)) and len(resolution) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in resolution)):
+      raise UserError(f"resolution={resolution!r} is not valid: it must be two integers "
+                      "RESIZE,CROP, e.g. --config.resolution=448,384, or () for the "
+                      "HyperRule's")
+    resize, crop = resolution
   elif image_hw is None:
     raise UserError("the dataset's image size is unknown (variable-size images or mock "
                     "data); set --config.resolution=RESIZE,CROP, e.g. 448,384")
@@ -77,46 +90,90 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
   if config.total_steps:  # A shorter run for CPUs and tests: the same shape, rescaled.
     schedule = [max(1, round(s * config.total_steps / schedule[-1])) for s in schedule]
   mixup = hyperrule.get_mixup(dataset_size) if config.mixup_alpha < 0 else config.mixup_alpha
+  sharding = config.get("sharding", "replicated")
+  fsdp_min_size = config.get("fsdp_min_size", sharding_lib.DEFAULT_MIN_SIZE)
+  sharding_lib.check(sharding, fsdp_min_size)
   return Plan(resize=resize, crop=crop, schedule=tuple(schedule), mixup_alpha=mixup,
               base_lr=config.base_lr, batch_size=config.batch_size,
               accum_steps=config.accum_steps, eval_batch_size=config.eval_batch_size,
-              shuffle_buffer=config.shuffle_buffer, log_every_steps=config.log_every_steps)
+              shuffle_buffer=config.shuffle_buffer, log_every_steps=config.log_every_steps,
+              trainable=freezing.check(config.trainable),
+              checkpoint_every_steps=config.checkpoint_every_steps, sharding=sharding,
+              fsdp_min_size=fsdp_min_size)
 
 
 def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str,
              test_source, test_split: str, num_classes: int, plan: Plan, *, seed: int,
-             mesh: jax.sharding.Mesh, cache_train: bool = False) -> dict[str, Any]:
-  """Fine-tunes `params` by `plan`; returns test top-1, ECE and the example count."""
+             mesh: jax.sharding.Mesh, cache_train: bool = False,
+             checkpoint_dir: str | None = None) -> tuple[dict[str, Any], Any]:
+  """Fine-tunes `params` by `plan` (see `train`); returns (test top-1, ECE and the example
+  count; the fine-tuned parameters, on the host)."""
   params = train(model, params, train_source, train_split, num_classes, plan, seed=seed,
-                 mesh=mesh, cache_train=cache_train)
-  return evaluate(model, params, test_source, test_split, num_classes, plan, mesh=mesh)
+                 mesh=mesh, cache_train=cache_train, checkpoint_dir=checkpoint_dir)
+  result = evaluate(model, params, test_source, test_split, num_classes, plan, mesh=mesh)
+  return result, jax.device_get(params)
 
 
 def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
           num_classes: int, plan: Plan, *, seed: int, mesh: jax.sharding.Mesh,
-          cache_train: bool = False) -> Any:
+          cache_train: bool = False, checkpoint_dir: str | None = None) -> Any:
   """The fine-tuned parameters: `plan.schedule[-1]` SGD steps from `params`.
 
   `cache_train` keeps the training examples in memory after the first epoch: a few-shot
   subset is otherwise found again by reading its whole split every epoch.
+
+  With `checkpoint_dir`, the run saves its state there every `plan.checkpoint_every_steps`
+  (0: never) and on SIGTERM/SIGINT (then raises `errors.Preempted`), and a run that finds a
+  checkpoint there continues from it: the batches from that step on are those an
+  uninterrupted run sees, so it ends with the same parameters.
   """
   train_step, optimizer = _train_step(model, plan, seed if plan.mixup_alpha > 0 else 0, mesh)
-  state = jax.device_put(train_step_lib.create_train_state(params, optimizer),
-                         NamedSharding(mesh, P()))
+  state = train_step_lib.create_train_state(params, optimizer)
+  state = jax.device_put(state, sharding_lib.shardings(state, mesh, plan.sharding,
+                                                       plan.fsdp_min_size))
+  checkpointer = (checkpointing.Checkpointer(checkpoint_dir, keep=1) if checkpoint_dir
+                  else None)
+  if checkpointer and checkpointer.latest_step() is not None:
+    # A damaged newest step is set aside (logged) and the newest good one used.
+    state, _ = checkpointer.restore_good(checkpointing.abstract_of(state), move_damaged=True)
+    logging.info("Resuming fine-tuning from step %d in %s", int(state.step), checkpoint_dir)
+  start = int(state.step)
   batches = input_pipeline.train_iterator(
       train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
-      seed=seed, shuffle_buffer=plan.shuffle_buffer, cache=cache_train)
+      seed=seed, start_step=start, shuffle_buffer=plan.shuffle_buffer, cache=cache_train)
   total = plan.schedule[-1]
-  for step in range(1, total + 1):
-    state, step_metrics = train_step(state, next(batches))
-    if step % plan.log_every_steps == 0 or step == total:
-      loss = float(step_metrics["loss"])
-      logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total, loss,
-                   float(step_metrics["learning_rate"]))
-      if not math.isfinite(loss):
-        raise UserError(f"fine-tuning diverged (loss {loss} at step {step}); "
-                        "lower --config.base_lr")
-  return state.params
+  preempted = preemption.PreemptionFlag() if checkpointer else None
+  try:
+    for step in range(start + 1, total + 1):
+      state, step_metrics = train_step(state, next(batches))
+      log = step % plan.log_every_steps == 0 or step == total
+      stop = bool(preempted)
+      if jax.process_count() > 1:  # Hosts agree on stopping, at the log steps only.
+        stop = log and distributed.on_any_process(stop)
+      save = checkpointer is not None and step < total and (
+          stop or (plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0))
+      if log or save:  # A diverged state is never saved.
+        loss = float(step_metrics["loss"])
+        if log:
+          logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total, loss,
+                       float(step_metrics["learning_rate"]))
+        if not math.isfinite(loss):
+          raise UserError(f"fine-tuning diverged (loss {loss} at step {step}); "
+                          "lower --config.base_lr")
+      if save:
+        checkpointer.save(step, state)
+      if stop and save:  # The write finishes in `close` below, before the process exits.
+        logging.warning("%s received: saved fine-tuning step %d of %d in %s; exiting with "
+                        "status %d. Rerun the same command to resume.",
+                        preempted.signal_name or "SIGTERM", step, total, checkpoint_dir,
+                        EXIT_PREEMPTED)
+        raise Preempted()
+  finally:
+    if preempted is not None:
+      preempted.restore()
+    if checkpointer:  # Also after an error: a write in flight finishes whole.
+      checkpointer.close()
+  return sharding_lib.replicate(state.params, mesh)  # fsdp: gathered, by every process.
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,11 +183,19 @@ def _train_step(model: models.ResNetV2, plan: Plan, mixup_seed: int, mesh: jax.s
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   schedule = hyperrule.staircase_schedule(plan.schedule, plan.base_lr)
   optimizer = optax.chain(optax.trace(decay=0.9), optax.scale_by_learning_rate(schedule))
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), MIN_CROP))
+  trainable = None
+  if plan.trainable != "all":
+    trainable = freezing.mask(shapes, plan.trainable)
+    optimizer = freezing.optimizer(optimizer, trainable)
+  state_shardings = sharding_lib.shardings(
+      jax.eval_shape(lambda p: train_step_lib.create_train_state(p, optimizer), shapes), mesh,
+      plan.sharding, plan.fsdp_min_size)
   step_fn = train_step_lib.make_train_step(
       model, optimizer, losses.softmax_xent, schedule, accum_steps=plan.accum_steps,
-      mixup_alpha=plan.mixup_alpha, rng=jax.random.key(mixup_seed))
-  step = jax.jit(step_fn, in_shardings=(replicated, sharded),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+      mixup_alpha=plan.mixup_alpha, rng=jax.random.key(mixup_seed), trainable=trainable)
+  step = jax.jit(step_fn, in_shardings=(state_shardings, sharded),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
   return step, optimizer
 
 

@@ -1,16 +1,16 @@
 """Upstream pretraining: `train_and_evaluate(config, workdir)`.
 
 Follow one batch: `input_pipeline.train_iterator` shards it on the mesh's `data` axis ->
-`train_step` (jit: state replicated and donated) -> metrics to TensorBoard and the log ->
+`train_step` (jit: state donated, replicated or split by `config.sharding`, see
+`bit_jax.sharding`) -> metrics, and the evaluators of
+`config.evals` (`bit_jax.evaluators`) when due, to TensorBoard and the log ->
 `Checkpointer` every `checkpoint_every_steps` -> at the end, the official .npz export.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -23,10 +23,11 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (checkpointing, distributed, entry, host_allocator, losses, models, npz,
-                     optim, pretrained)
+from bit_jax import (checkpointing, distributed, host_allocator, losses, models, npz,
+                     optim, preemption, pretrained, run_settings, sharding)
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import NonFiniteLossError, Preempted, UserError
+from bit_jax.evaluators import Evaluators
+from bit_jax.errors import EXIT_PREEMPTED, NonFiniteLossError, Preempted, UserError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -37,10 +38,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   host_allocator.log_advice(jax.default_backend())
 
   model = models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype,
-                           remat=config.remat, kernels=config.kernels)
+                           remat=config.remat, kernels=config.kernels,
+                           head_bias_init=config.head_bias_init)
   num_train = config.num_train_examples or input_pipeline.num_examples(
       config.dataset, config.train_split, data_dir=config.data_dir)
   _check_config(config, workdir, model, num_train)  # Before anything is written.
+  # config.evals, checked here too; an evaluator reads its data only when it first runs.
+  evaluators = Evaluators.from_config(config, model, mesh)
   steps_per_epoch = num_train / config.batch_size
   total_steps = _total_steps(config, num_train)
   schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
@@ -49,15 +53,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   image_shape = (1, config.image_size, config.image_size, 3)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
-  def init_state(params):
+  def new_state(params):
     if params is None:
       params = model.init(jax.random.key(config.seed), jnp.zeros(image_shape))["params"]
     return train_step_lib.create_train_state(params, optimizer)
 
-  abstract_state = jax.eval_shape(lambda: init_state.__wrapped__(None))
-  abstract_state = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
+  # config.sharding (bit_jax.sharding): the state replicated, or its large leaves split over
+  # `data` (fsdp). A checkpoint is restored into these shardings, whatever mesh wrote it.
+  shapes = jax.eval_shape(lambda: new_state(None))
+  state_shardings = sharding.shardings(shapes, mesh, config.sharding, config.fsdp_min_size)
+  abstract_state = sharding.abstract(shapes, state_shardings)
+  init_state = jax.jit(new_state, out_shardings=state_shardings)
+  logging.info("sharding=%s: %s", config.sharding, sharding.describe(shapes, state_shardings))
 
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, checkpointing.CHECKPOINT_DIR), keep=config.keep_checkpoints,
@@ -66,41 +73,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpointer, abstract_state, init_state, model, resume=config.resume, init=config.init)
   start_step = int(state.step)
   logging.info("Starting at step %d of %d: %s", start_step, total_steps, origin)
+  run_settings.record(config, workdir, total_steps)  # What a rerun must match (settings.json).
 
   train_step = jax.jit(
       train_step_lib.make_train_step(model, optimizer, loss_fn, schedule,
                                      accum_steps=config.accum_steps),
-      in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+      in_shardings=(state_shardings, sharded), out_shardings=(state_shardings, replicated),
       donate_argnums=0)
-  eval_model, _ = models.hoist_weight_standardization(model)  # Standardized once per pass.
-  eval_step = jax.jit(train_step_lib.make_eval_step(eval_model, loss_fn),
-                      in_shardings=(replicated, sharded), out_shardings=replicated)
 
   train_batches = input_pipeline.train_iterator(
       config.dataset, config.train_split, config.pp_train, config.batch_size, mesh,
       seed=config.seed, start_step=start_step, data_dir=config.data_dir,
       shuffle_buffer=config.shuffle_buffer)
-  eval_batches = input_pipeline.eval_iterator(
-      config.dataset, config.eval_split, config.pp_eval, config.eval_batch_size, mesh,
-      data_dir=config.data_dir)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  preempted = _PreemptionFlag()
-
-  def evaluate(step):
-    sums = None
-    _, eval_params = models.for_inference(model, state.params)
-    for batch in eval_batches:
-      counts = eval_step(eval_params, batch)
-      sums = counts if sums is None else jax.tree.map(jnp.add, sums, counts)
-    sums = jax.device_get(sums)
-    results = {f"eval/{k}": float(sums[k] / sums["count"]) for k in ("top1", "top5", "loss")}
-    writer.write_scalars(step, results)
-    return results
+  preempted = preemption.PreemptionFlag()
 
   results = {}
   step = start_step
@@ -121,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if log or save:
       # One host transfer per such step; a diverged state is never logged on or saved.
       host_metrics = jax.device_get(step_metrics)
-      _check_finite(host_metrics, step, checkpointer)
+      _check_finite(host_metrics, step, checkpointer, start_step)
     if log:
       scalars = {f"train/{k}": float(v) for k, v in host_metrics.items()}
       elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
@@ -129,8 +120,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           steps_done * config.batch_size / elapsed / jax.device_count())
       timer = (time.perf_counter(), step)
       writer.write_scalars(step, scalars)
-    if step % config.eval_every_steps == 0 or is_last:
-      results = evaluate(step)
+    evaluated = evaluators.run(step, state.params, total_steps)  # Those due at this step.
+    if evaluated:
+      writer.write_scalars(step, evaluated)  # Under <eval name>/..., and to the log.
+      results.update(evaluated)
     if save:
       checkpointer.save(step, state)
     if stop and not is_last:
@@ -143,10 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if stopped_by:
     logging.warning("%s received: saved step %d of %d in %s; exiting with status %d. "
                     "Rerun the same command to resume from step %d.", stopped_by, step,
-                    total_steps, checkpointer.directory, entry.EXIT_PREEMPTED, step)
-    raise Preempted(entry.EXIT_PREEMPTED)
-  if step == total_steps and jax.process_index() == 0:
-    npz.save(jax.device_get(state.params), os.path.join(workdir, checkpointing.EXPORT_NAME))
+                    total_steps, checkpointer.directory, EXIT_PREEMPTED, step)
+    raise Preempted()
+  if step == total_steps:
+    params = sharding.replicate(state.params, mesh)  # fsdp: a collective, in every process.
+    if jax.process_index() == 0:
+      npz.save(jax.device_get(params), os.path.join(workdir, checkpointing.EXPORT_NAME))
   return results
 
 
@@ -180,17 +175,18 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str, model: models
         f"batch_size {config.batch_size} must divide evenly over {jax.device_count()} devices "
         f"x accum_steps {config.accum_steps}")
 
+  _check_data(config)
   directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   for path in (workdir, directory):
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError(f"workdir {workdir!r} is not valid: {path} is a file, not a directory "
                       "(give a new or an existing train.py workdir)")
+  _check_writable(workdir)
   if not os.path.isdir(directory):
     return
   previous = checkpointing.Checkpointer(directory, read_only=True)
   try:
-    step = previous.latest_step()
-    found = previous.param_shapes(step) if step is not None else None
+    step, found = previous.newest_param_shapes()  # A damaged newer one is skipped on restore.
   finally:
     previous.close()
   if step is None:
@@ -208,6 +204,37 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str, model: models
                     f"for a {pretrained.describe(expected)} (model={config.model}, "
                     f"num_classes={config.num_classes}): use another workdir, or the run's "
                     "model and num_classes")
+  run_settings.check(config, workdir, total_steps)
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """Both splits exist and hold examples; both pps give labels the head's size."""
+  source = input_pipeline.get_source(config.dataset, config.data_dir)
+  for split_field, pp_field in (("train_split", "pp_train"), ("eval_split", "pp_eval")):
+    split, pp = config[split_field], config[pp_field]
+    input_pipeline.check_split(source, split)
+    spec = source.read(split).map(input_pipeline.get_preprocess_fn(pp)).element_spec
+    label = spec.get("label") if isinstance(spec, dict) else None
+    shape = None if label is None or label.shape.rank is None else tuple(label.shape)
+    if shape is None or None in shape:
+      continue  # Not known before reading: the loss then fails on the first batch.
+    if shape != (config.num_classes,):
+      raise UserError(
+          f"{pp_field} gives labels of shape {tuple(shape)}; the model's head has "
+          f"num_classes={config.num_classes} outputs: end {pp_field} with "
+          f"onehot({config.num_classes}), or set num_classes to the pp's")
+
+
+def _check_writable(workdir: str) -> None:
+  """The workdir (or, if new, the nearest folder above it that exists) can be written."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  for folder in (path, checkpoints):
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+      raise UserError(f"workdir {workdir!r} is not valid: {folder} is not writable "
+                      "(give a workdir this user can write to)")
 
 
 def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -215,15 +242,23 @@ def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def _check_finite(step_metrics: dict[str, np.ndarray], step: int,
-                  checkpointer: checkpointing.Checkpointer) -> None:
+                  checkpointer: checkpointing.Checkpointer, start_step: int) -> None:
   """Stops on a NaN/Inf loss, or on parameters an exploding update made non-finite."""
   loss, param_norm = (float(step_metrics[k]) for k in ("loss", "param_norm"))
   if not (np.isfinite(loss) and np.isfinite(param_norm)):
     checkpointer.wait()  # Let a save in flight finish, so the last good one stays whole.
+    latest = checkpointer.latest_step()
+    if latest is None:
+      kept = "No checkpoint was written"
+    elif latest > start_step:  # Saved by this run, after the same check passed.
+      kept = (f"The last good checkpoint (step {latest}) in {checkpointer.directory} is "
+              "untouched")
+    else:  # Loaded finite, but only the next steps could show that it was sound.
+      kept = (f"The checkpoint (step {latest}) in {checkpointer.directory} that this run "
+              "resumed from is untouched (it loaded finite and as saved; if a rerun diverges "
+              "right after it again, move it aside to resume from an earlier one)")
     raise NonFiniteLossError(
-        f"loss is {loss} (parameter norm {param_norm}) at step {step}; stopping. "
-        f"The last good checkpoint "
-        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is untouched; "
+        f"loss is {loss} (parameter norm {param_norm}) at step {step}; stopping. {kept}; "
         "lower the learning rate or check the input.")
 
 
@@ -235,29 +270,3 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
     else:
       flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
   return flat
-
-
-class _PreemptionFlag:
-  """True once SIGTERM or SIGINT (Ctrl-C) arrived; the loop then saves and exits instead of
-  dying mid-step. A second Ctrl-C interrupts at once."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-  def restore(self):
-    for s, previous in self._previous.items():
-      signal.signal(s, previous)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name == "SIGINT" and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal_name = self.signal_name or signal.Signals(signum).name
-    logging.warning("%s received: saving a checkpoint after this step, then exiting.",
-                    signal.Signals(signum).name)
-
-  def __bool__(self):
-    return self.signal_name is not None

@@ -150,7 +150,8 @@ def _finetune_run(model, params, train_source, source, config, plan, seed, mesh,
 
 def _plan_settings(plan: finetune.Plan) -> dict[str, Any]:
   """The plan's fields that change a run's numbers (not how often it logs or saves)."""
-  ignored = ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "accum_steps")
+  ignored = ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "accum_steps",
+             "sharding", "fsdp_min_size")
   return {k: v for k, v in dataclasses.asdict(plan).items() if k not in ignored}
 
 

@@ -17,10 +17,24 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
                       f"{', '.join(f'{k}=...' for k in defaults)}")
     default = defaults[key]
     if isinstance(default, bool):
-      parsed[key] = value.lower() in ("1", "true", "yes")
+      if value.lower() not in _TRUE + _FALSE:
+        raise UserError(f"bad config argument {item!r}: {key} must be a bool "
+                        f"({', '.join(_TRUE + _FALSE)})")
+      parsed[key] = value.lower() in _TRUE
+    elif default is None:
+      parsed[key] = value
     else:
-      parsed[key] = type(default)(value) if default is not None else value
+      try:
+        parsed[key] = type(default)(value)
+      except ValueError:
+        raise UserError(f"bad config argument {item!r}: {key} must be "
+                        f"{_KINDS.get(type(default), type(default).__name__)}, "
+                        f"e.g. {key}={default}") from None
   return parsed
+
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+_KINDS = {int: "an integer", float: "a number"}
 
 
 def upstream_config() -> ml_collections.ConfigDict:
@@ -39,11 +53,14 @@ def upstream_config() -> ml_collections.ConfigDict:
   c.pp_train, c.pp_eval = imagenet_pp(1000)  # Preprocessing op strings (input_pipeline.ops).
   c.shuffle_buffer = 250_000  # Examples in the shuffle buffer of each process.
   c.loss = "softmax_xent"  # softmax_xent, or sigmoid_xent for multi-label data.
+  c.head_bias_init = 0.0  # Initial head bias; BiT's release has no upstream code to show one.
 
   c.batch_size = 4096  # Global batch, over all devices of all hosts.
   c.accum_steps = 1  # Micro-batches per step: same result, 1/accum_steps the memory.
   c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
   c.kernels = "auto"  # plain, cpu (bit_jax.cpu_kernels), auto: cpu on a CPU backend.
+  c.sharding = "replicated"  # Or fsdp: large state leaves split over devices (bit_jax.sharding).
+  c.fsdp_min_size = 2**20  # fsdp shards leaves of at least this many elements (4 MiB fp32).
   c.eval_batch_size = 1024  # Global eval batch; the tail is padded and masked.
   c.lr_per_256 = 0.03  # Linear scaling rule: lr = 0.03 x batch / 256.
   c.schedule = "paper"  # paper: warmup then /10 at decay_epochs; cosine: the modern variant.
@@ -59,6 +76,9 @@ def upstream_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 100
   c.eval_every_steps = 5000
+  # Named evaluators (bit_jax.evaluators), each run every its every_steps and at the end;
+  # "eval" is the held-out split above, under the tags eval/top1, eval/top5, eval/loss, eval/ece.
+  c.evals = ml_collections.ConfigDict({"eval": classification_eval()})
   c.checkpoint_every_steps = 1000
   # Multi-host: how often hosts agree on stopping after a SIGTERM (a blocking collective).
   c.preemption_check_every_steps = 10
@@ -82,9 +102,15 @@ def add_hyperrule_finetuning(c: ml_collections.ConfigDict) -> ml_collections.Con
   c.accum_steps = 1  # Micro-batches per step where memory is short; same result.
   c.remat = False  # Recompute each unit in the backward pass: less memory, more compute.
   c.kernels = "auto"  # plain, cpu (bit_jax.cpu_kernels), auto: cpu on a CPU backend.
+  c.sharding = "replicated"  # Or fsdp: large state leaves split over devices (bit_jax.sharding).
+  c.fsdp_min_size = 2**20  # fsdp shards leaves of at least this many elements (4 MiB fp32).
   c.eval_batch_size = 256  # The test split is evaluated in full: padded and masked.
   c.total_steps = 0  # 0: the HyperRule's; else its schedule rescaled to this many steps.
   c.mixup_alpha = -1.0  # -1: the HyperRule's (0 below 20k examples, else 0.1).
+  c.trainable = "all"  # all (HyperRule), head (linear probe by SGD), or block1..block4 onwards.
+  # Each run saves its state this often and resumes from it (<run dir>/checkpoints, removed
+  # once params.npz is written); SIGTERM/Ctrl-C always saves. 0: only on SIGTERM.
+  c.checkpoint_every_steps = 1000
   return c
 
 
@@ -93,6 +119,61 @@ def imagenet_pp(num_classes: int, crop: int = 224, resize: int = 256) -> tuple[s
   labels = f"onehot({num_classes})|keep('image', 'label')"
   return (f"decode|inception_crop({crop})|flip_lr|value_range(-1,1)|{labels}",
           f"decode|resize_small({resize})|central_crop({crop})|value_range(-1,1)|{labels}")
+
+
+# --- Evaluators (bit_jax.evaluators): an entry of config.evals each --------------------------
+# Empty fields ("", 0) take the run's: dataset, eval_split, pp_eval, eval_batch_size and
+# eval_every_steps. `--config.evals.NAME.enabled=False` switches one off.
+
+def classification_eval(dataset: str = "", split: str = "", pp: str = "",
+                        every_steps: int = 0) -> ml_collections.ConfigDict:
+  """Top-1/top-5/loss/ECE of the head on one split."""
+  return ml_collections.ConfigDict(dict(
+      kind="classification", enabled=True, every_steps=every_steps, dataset=dataset,
+      split=split, pp=pp, batch_size=0))
+
+
+def real_eval(crop: int = 224, resize: int = 256,
+              every_steps: int = 0) -> ml_collections.ConfigDict:
+  """ImageNet-ReaL accuracy on TFDS imagenet2012_real (big_vision configs/bit_i1k.py)."""
+  pp = (f"decode|resize_small({resize})|central_crop({crop})|value_range(-1,1)|"
+        "onehot(1000, key='real_label', key_result='label')|keep('image', 'label')")
+  return ml_collections.ConfigDict(dict(
+      kind="real", enabled=True, every_steps=every_steps, dataset="imagenet2012_real",
+      split="validation", pp=pp, batch_size=0))
+
+
+def subset_eval(dataset: str, split: str, mapping: str, crop: int = 224, resize: int = 256,
+                every_steps: int = 0) -> ml_collections.ConfigDict:
+  """A 1000-way head on a dataset of a subset of its classes (ImageNet-A/-R, ObjectNet)."""
+  pp = (f"decode|resize_small({resize})|central_crop({crop})|value_range(-1,1)|"
+        "keep('image', 'label')")
+  return ml_collections.ConfigDict(dict(
+      kind="subset", enabled=True, every_steps=every_steps, dataset=dataset, split=split,
+      pp=pp, batch_size=0, mapping=mapping))
+
+
+# big_vision configs/common_fewshot.py, get_fewshot_lsr: {tag: (dataset, train, test)}.
+COMMON_FEWSHOT = {
+    "caltech101": ("caltech101", "train", "test"),
+    "cars196": ("cars196:2.1.0", "train", "test"),
+    "cifar100": ("cifar100", "train", "test"),
+    "dtd": ("dtd", "train", "test"),
+    "oxford_iiit_pet": ("oxford_iiit_pet", "train", "test"),
+    "uc_merced": ("uc_merced", "train[:1000]", "train[1000:]"),
+}
+
+
+def fewshot_eval(datasets=None, shots=(1, 5, 10, 25), pp: str = "", crop: int = 224,
+                 resize: int = 256, num_seeds: int = 3,
+                 every_steps: int = 0) -> ml_collections.ConfigDict:
+  """Ridge few-shot on frozen pre_logits (big_vision get_fewshot_lsr: l2 2^10, 3 seeds)."""
+  pp = pp or (f"decode|resize({resize})|central_crop({crop})|value_range(-1,1)|"
+              "keep('image', 'label')")
+  return ml_collections.ConfigDict(dict(
+      kind="fewshot", enabled=True, every_steps=every_steps,
+      datasets=dict(datasets or COMMON_FEWSHOT), shots=tuple(shots), l2_reg=2.0**10,
+      num_seeds=num_seeds, pp=pp, batch_size=0))
 
 
 def modern(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

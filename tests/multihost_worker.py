@@ -6,7 +6,10 @@ joins `jax.distributed` on localhost:PORT with LOCAL_DEVICES CPU devices and glo
 collectives, trains tiny-R14 for `STEPS` steps on a global batch sharded over the devices of
 every process (each process feeds only its own rows, as the input pipeline does), and
 writes the final parameters and losses as this process sees them, and whether it would stop
-when only process 1 was sent SIGTERM (`distributed.on_any_process`).
+when only process 1 was sent SIGTERM (`distributed.on_any_process`). Then one more step from
+the same start with `sharding=fsdp`: the large leaves of the state are split over the devices
+of both processes, and the parameters are gathered back as the evaluators do (`device_put`
+to a replicated sharding).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ GLOBAL_BATCH = 16
 IMAGE_SIZE = 32
 NUM_CLASSES = 4
 ACCUM_STEPS = 2
+FSDP_MIN_SIZE = 4096  # Elements: tiny-R14's larger kernels are split, its norms are not.
 
 
 def global_batch(step: int) -> dict[str, np.ndarray]:
@@ -31,38 +35,63 @@ def global_batch(step: int) -> dict[str, np.ndarray]:
               rng.integers(0, NUM_CLASSES, GLOBAL_BATCH)]}
 
 
-def train(devices) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[float]]:
-  """STEPS train steps over a mesh of `devices`: flat initial and final params, the losses."""
+def initial_state(shapes):
+  """The train state at step 0 on the host, the same in every process, with no init to
+  compile: LeCun-normal conv kernels, GroupNorm at identity, zero momentum, and a non-zero
+  head (0.1 x normal), so the updates reach the backbone from the first step."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+
+  def value(path, x):
+    name = getattr(path[-1], "key", None)
+    if path[0].name != "params" or name not in ("kernel", "scale"):
+      return np.zeros(x.shape, x.dtype)
+    if name == "scale":
+      return np.ones(x.shape, x.dtype)
+    std = 0.1 if path[1].key == "head" else 1 / np.sqrt(np.prod(x.shape[:-1]))
+    return (std * rng.normal(size=x.shape)).astype(x.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def train(devices, mode: str = "replicated", steps: int = STEPS
+          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[float], int]:
+  """`steps` train steps over a mesh of `devices` with the state sharded by `mode`
+  (`bit_jax.sharding`): flat initial and final params, the losses, and how many state
+  leaves no process holds whole."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
-  from bit_jax import losses, models, npz, train_step as train_step_lib  # pylint: disable=import-outside-toplevel
+  from bit_jax import losses, models, npz, sharding, train_step as train_step_lib  # pylint: disable=import-outside-toplevel
 
   model = models.get_model("tiny-R14", num_classes=NUM_CLASSES)
   mesh = Mesh(np.array(devices), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-  def init():
-    params = model.init(jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
-    # A non-zero head, so the updates reach the backbone from the first step.
-    head = params["head"]
-    head["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), head["kernel"].shape)
-    return train_step_lib.create_train_state(params, optimizer)
-
   # Small enough that the loss does not blow up: a diverging run amplifies the rounding of
   # the processes' different summation orders beyond any tolerance.
   schedule = lambda step: 0.02
   optimizer = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(schedule))
-  state = jax.jit(init, out_shardings=replicated)()
+  shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
+      model.init(jax.random.key(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"],
+      optimizer))
+  state_shardings = sharding.shardings(shapes, mesh, mode, FSDP_MIN_SIZE)
+  host_state = initial_state(shapes)
+  # Each process passes the same host values; each device keeps its part.
+  state = jax.device_put(host_state, state_shardings)
+  split = sum(not leaf.is_fully_addressable for leaf in jax.tree.leaves(state))
   step_fn = train_step_lib.make_train_step(model, optimizer, losses.softmax_xent, schedule,
                                            accum_steps=ACCUM_STEPS)
-  jitted = jax.jit(step_fn, in_shardings=(replicated, sharded),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
-  initial = npz.flatten(jax.tree.map(np.asarray, jax.device_get(state.params)))
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharded),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  # Every process reads the whole parameters once they are replicated, as evaluators do.
+  on_host = lambda tree: jax.tree.map(np.asarray, jax.device_get(
+      jax.device_put(tree, replicated)))
+  initial = npz.flatten(host_state.params)
   step_losses = []
-  for step in range(STEPS):
+  for step in range(steps):
     batch = global_batch(step)
     # This process's rows: those its own devices hold under the `data` sharding.
     indices = sharded.addressable_devices_indices_map((GLOBAL_BATCH,))
@@ -74,8 +103,7 @@ def train(devices) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[f
         local, batch)
     state, metrics = jitted(state, global_arrays)
     step_losses.append(float(metrics["loss"]))  # Replicated: readable in every process.
-  params = jax.tree.map(np.asarray, jax.device_get(state.params))
-  return initial, npz.flatten(params), step_losses
+  return initial, npz.flatten(on_host(state.params)), step_losses, split
 
 
 def main(argv: list[str]) -> None:
@@ -91,13 +119,16 @@ def main(argv: list[str]) -> None:
                              shutdown_timeout_seconds=30)
   assert jax.process_count() == num_processes
   assert jax.device_count() == num_processes * local_devices
-  _, flat, step_losses = train(jax.devices())
+  _, flat, step_losses, _ = train(jax.devices())
+  _, fsdp_flat, fsdp_losses, fsdp_split = train(jax.devices(), "fsdp", steps=1)
   from bit_jax import distributed  # pylint: disable=import-outside-toplevel
   # As after a SIGTERM that reached only process 1, then none: every process must agree.
   stop_votes = [distributed.on_any_process(process_id == 1), distributed.on_any_process(False)]
   np.savez(out_path, losses=np.array(step_losses), stop_votes=np.array(stop_votes),
            process_count=jax.process_count(), device_count=jax.device_count(),
-           **{f"params/{k}": v for k, v in flat.items()})
+           fsdp_losses=np.array(fsdp_losses), fsdp_split=fsdp_split,
+           **{f"params/{k}": v for k, v in flat.items()},
+           **{f"fsdp/{k}": v for k, v in fsdp_flat.items()})
   jax.distributed.shutdown()
 
 

@@ -63,6 +63,23 @@ def test_memory_rejects_a_batch_that_does_not_split():
     memory.main(["--model=tiny-R14", "--resolution=32", "--batch=6", "--settings=float32:4:0"])
 
 
+def test_memory_upstream_compares_replicated_and_fsdp_per_device(capsys):
+  memory = _load("memory")
+  rows = memory.main(["--upstream", "--upstream_settings=bit_l:tiny-R14:2", "--resolution=32",
+                      "--num_classes=4", "--fsdp_min_size=4096", "--devices=8"])
+  out = capsys.readouterr().out
+  assert "| tiny-R14 | 4 | 2 | replicated |" in out and "| tiny-R14 | 4 | 2 | fsdp |" in out
+  assert "fits TPU v3 (16 GiB)" in out and "fits H200 (141 GiB)" in out
+  replicated, fsdp = rows
+  assert (replicated["sharding"], fsdp["sharding"]) == ("replicated", "fsdp")
+  for r in rows:
+    assert r["peak"] == r["argument"] + r["output"] - r["alias"] + r["temp"]
+  # Per device: the whole state replicated; fsdp holds 1/8 of its large leaves.
+  assert replicated["state_per_device"] == replicated["state"]
+  assert fsdp["state_per_device"] < replicated["state"] / 3
+  assert fsdp["argument"] < replicated["argument"] and fsdp["peak"] < replicated["peak"]
+
+
 def test_kernels_prints_each_variant_against_the_plain_model(capsys):
   kernels = _load("kernels")
   results = kernels.main(["--model=tiny-R14", "--resolution=32", "--batch=2", "--iters=1",

@@ -69,3 +69,10 @@ def test_unknown_image_size_asks_for_a_resolution():
 def test_resolution_too_small_for_the_network_is_refused(resolution):
   with pytest.raises(UserError, match="too small for BiT-M-R50x1: the crop must be at least 32"):
     finetune.make_plan(_config(resolution=resolution), dataset_size=50, image_hw=None)
+
+
+@pytest.mark.parametrize("resolution", [(36,), (36, 32, 1), ("36", "32")])
+def test_a_resolution_that_is_not_two_integers_is_one_line(resolution):
+  with pytest.raises(UserError, match=r"^resolution=.* is not valid: it must be two integers "
+                                      r"RESIZE,CROP, e\.g\. --config\.resolution=448,384"):
+    finetune.make_plan(_config(resolution=resolution), dataset_size=50, image_hw=(32, 32))

@@ -3,7 +3,8 @@
 Each process (tests/multihost_worker.py) joins `jax.distributed` with 2 CPU devices and gloo
 collectives; the global batch is sharded over all 4 devices, each process feeding only its
 own rows, with gradient accumulation on. The final parameters must equal a single-process
-run of the same global batches, and both processes must hold the same replicated state.
+run of the same global batches, and both processes must hold the same replicated state. One
+more step with `sharding=fsdp` (state leaves split across the processes) must equal it too.
 """
 import os
 import socket
@@ -66,7 +67,8 @@ def test_two_processes_train_like_one(tmp_path):
   try:
     # The reference, while the two processes run: one process, the same global batches,
     # on one device.
-    initial, flat, losses = multihost_worker.train(jax.devices()[:1])
+    initial, flat, losses, split = multihost_worker.train(jax.devices()[:1])
+    _, fsdp_flat, fsdp_losses, _ = multihost_worker.train(jax.devices()[:1], "fsdp", steps=1)
   finally:
     results = _wait(procs, outs)
   for r in results:
@@ -88,6 +90,19 @@ def test_two_processes_train_like_one(tmp_path):
   # defect).
   moved = [k for k in flat if not np.allclose(flat[k], initial[k])]
   assert "block1/unit01/conv1/kernel" in moved
+  assert split == 0
+
+  # fsdp: the large leaves (and their momentum) are split across the two processes, and the
+  # step equals one process's.
+  for r in results:
+    assert int(r["fsdp_split"]) > 10
+    np.testing.assert_allclose(r["fsdp_losses"], fsdp_losses, rtol=1e-5)
+    for key, value in fsdp_flat.items():
+      np.testing.assert_allclose(r[f"fsdp/{key}"], value, rtol=1e-4, atol=1e-6, err_msg=key)
+  for key in fsdp_flat:
+    np.testing.assert_array_equal(results[0][f"fsdp/{key}"], results[1][f"fsdp/{key}"])
+  assert not np.allclose(fsdp_flat["block1/unit01/conv1/kernel"],
+                         initial["block1/unit01/conv1/kernel"])
 
 
 # Each process runs the real training loop (`train.train_and_evaluate` on the demo data);

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bit_jax import entry, errors, npz, train
+from bit_jax import entry, errors, npz, run_settings, train
 from bit_jax.checkpointing import EXPORT_NAME
 from configs import bit_l, bit_m, bit_s, common, demo
+from tests import faults
 from tests.conftest import DEMO_STEPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +34,8 @@ def test_upstream_configs_run_a_few_steps_on_mock_data(tmp_path, get_config):
       get_config(), dataset="imagenet2012", num_classes=1000, total_steps=3,
       num_train_examples=64, train_split="train", eval_split="validation",
       **dict(zip(("pp_train", "pp_eval"), common.imagenet_pp(1000, crop=32, resize=36))))
+  for name in set(config.evals) - {"eval"}:  # Their 224px data would dominate; see
+    config.evals[name].enabled = False  # tests/test_evaluators.py and test_evaluate.py.
   with tfds.testing.mock_data(num_examples=20):
     results = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results["eval/top1"] <= results["eval/top5"] <= 1.0
@@ -67,50 +70,31 @@ def test_demo_learns_on_the_embedded_data(demo_run):
   last = max(losses)
   assert last == DEMO_STEPS and losses[last] < 0.5 * losses[50]
   assert scalars["eval/top1"][last] > 0.6  # 10 balanced classes: chance is 0.1.
+  # The few-shot evaluator (every 150 steps) watches transfer to unseen images improve.
+  fewshot = scalars["fewshot/bit_farm_animals_10shot"]
+  assert sorted(fewshot) == [150, 300] and fewshot[300] > fewshot[150]
   # Every checkpoint_every_steps (200), and the last step.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["200", str(last)]
   exported = npz.load(os.path.join(workdir, EXPORT_NAME))
   assert exported["head"]["kernel"].shape == (1024, 10)
 
 
-# Runs the demo config in a fresh process and SIGKILLs it right after the checkpoint at
-# `kill_at` is on disk, the way a preempted or crashed host dies.
-_KILLED_RUN = """
-import logging, os, signal, sys
-logging.basicConfig(level=logging.INFO)
-sys.path.insert(0, {root!r})
-from bit_jax import checkpointing, train
-from configs import demo
-original_save = checkpointing.Checkpointer.save
-def save_then_die(self, step, state):
-  original_save(self, step, state)
-  if step == {kill_at}:
-    self.wait()
-    os.kill(os.getpid(), signal.SIGKILL)
-checkpointing.Checkpointer.save = save_then_die
-config = demo.get_config()
-config.update({overrides!r})
-train.train_and_evaluate(config, {workdir!r})
-"""
-
-
-def _python(code, **kwargs):
-  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                        text=True, timeout=600, **kwargs)
-
-
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+  # With an evaluator running before and after the kill: evaluation never changes training.
   overrides = dict(total_steps=8, checkpoint_every_steps=4, log_every_steps=4,
-                   eval_every_steps=1000, batch_size=16, shuffle_buffer=256)
-  straight = _python(_KILLED_RUN.format(root=ROOT, kill_at=-1, overrides=overrides,
-                                        workdir=str(tmp_path / "straight")))
+                   eval_every_steps=1000, batch_size=16, shuffle_buffer=256,
+                   evals=dict(fewshot=dict(every_steps=3, shots=(1,), datasets={
+                       "bit_farm_animals": ("bit_farm_animals", "train[:20]", "test[:16]"),
+                       "bit_digits": ("bit_digits", "train[:20]", "test[:16]")})))
+  straight = faults.run_demo(tmp_path / "straight", overrides)
   assert straight.returncode == 0, straight.stderr[-3000:]
-  killed = _python(_KILLED_RUN.format(root=ROOT, kill_at=4, overrides=overrides,
-                                      workdir=str(tmp_path / "resumed")))
+  assert "[3] fewshot/bit_digits_1shot=" in straight.stderr  # The evaluator did run.
+  # SIGKILLed right after the checkpoint of step 4 is on disk, as a crashed host dies.
+  killed = faults.run_demo(tmp_path / "resumed", overrides,
+                           patch=faults.KILL_AT.format(kill_at=4))
   assert killed.returncode == -signal.SIGKILL
   assert not os.path.exists(tmp_path / "resumed" / EXPORT_NAME)
-  resumed = _python(_KILLED_RUN.format(root=ROOT, kill_at=-1, overrides=overrides,
-                                       workdir=str(tmp_path / "resumed")))
+  resumed = faults.run_demo(tmp_path / "resumed", overrides)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step 4" in resumed.stderr
   a = npz.read_flat(tmp_path / "straight" / EXPORT_NAME)
@@ -143,12 +127,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = _configure(demo.get_config(), total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   good = {k: v.copy() for k, v in npz.read_flat(tmp_path / EXPORT_NAME).items()}
-  # Resume the same run with a learning rate that blows the parameters up.
+  # Resume the same run with a learning rate that blows the parameters up: as a workdir from
+  # before settings were recorded (a recorded one refuses another learning rate).
+  os.remove(tmp_path / run_settings.SETTINGS_NAME)
   diverging = _configure(demo.get_config(), total_steps=6, checkpoint_every_steps=1,
                          lr_per_256=1e30, warmup_steps=0)
   # Step 3's loss is still finite (computed before the exploding update); its parameters
   # are not, so step 3 must not be saved over the good step 2.
-  with pytest.raises(errors.NonFiniteLossError, match=r"at step 3.*checkpoint \(step 2\)"):
+  # Step 2 is the checkpoint it resumed from: the message does not vouch for it as "good".
+  with pytest.raises(errors.NonFiniteLossError, match=r"at step 3.*checkpoint \(step 2\) in "
+                                                      r".* that this run resumed from is "):
     train.train_and_evaluate(diverging, str(tmp_path))
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
   np.testing.assert_array_equal(npz.read_flat(tmp_path / EXPORT_NAME)["group_norm/beta"],

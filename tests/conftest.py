@@ -1,4 +1,6 @@
 """Test-wide setup: 8 simulated CPU devices, so sharding code runs as on a pod slice."""
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -17,10 +19,24 @@ DEMO_STEPS = 300
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-  """`train.py --config=configs/demo.py` run once (shortened): (workdir, the process)."""
-  workdir = str(tmp_path_factory.mktemp("demo"))
-  done = subprocess.run(
-      [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
-       f"--config.total_steps={DEMO_STEPS}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=900)
-  return workdir, done
+  """`train.py --config=configs/demo.py` run once (shortened): (workdir, the process).
+
+  Once for the whole test run, not once per xdist worker: the first worker to get here runs
+  it under a lock in the workers' shared temporary folder; the others read its record. The
+  tests only read the workdir.
+  """
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # Each worker's basetemp is in the run's folder.
+    shared = shared.parent
+  workdir, record = shared / "demo", shared / "demo.json"
+  with open(shared / "demo.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not record.exists():
+      done = subprocess.run(
+          [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
+           f"--config.total_steps={DEMO_STEPS}"],
+          cwd=ROOT, capture_output=True, text=True, timeout=900)
+      record.write_text(json.dumps({"args": done.args, "returncode": done.returncode,
+                                    "stdout": done.stdout, "stderr": done.stderr}))
+    done = subprocess.CompletedProcess(**json.loads(record.read_text()))
+  return str(workdir), done

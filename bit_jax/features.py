@@ -117,11 +117,10 @@ def _logged(batches):
 
 
 def batch_size_for(mesh: jax.sharding.Mesh, batch_size: int | None = None) -> int:
-  """`batch_size`, or `DEFAULT_BATCH_SIZE` rounded up to a multiple of the mesh's devices."""
-  if batch_size:
-    return batch_size
+  """`batch_size` (default `DEFAULT_BATCH_SIZE`) rounded up to a multiple of the mesh's
+  devices: a run's eval batch of 250 still works on 8 devices (the tail is padded anyway)."""
   devices = mesh.devices.size
-  return -(-DEFAULT_BATCH_SIZE // devices) * devices
+  return -(-(batch_size or DEFAULT_BATCH_SIZE) // devices) * devices
 
 
 def load(init: str, model_name: str | None = None

@@ -150,14 +150,16 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_
   finetuned = [r for r in runs if r["evaluation"] == "finetune"]
   assert len(finetuned) == 4 and all(run_dir.is_run(r["run_dir"]) for r in finetuned)
   run = next(r for r in finetuned if r["init"] == "pretrained" and r["shots"] == 5)
-  predicted = predict.predict(run["run_dir"], ["tfds:bit_farm_animals:test"], labels=True)
+  # On one device, in the run's batches of 250, as the transfer process ran.
+  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  predicted = predict.predict(run["run_dir"], ["tfds:bit_farm_animals:test"], labels=True,
+                              mesh=one_device)
   assert predicted.metrics["top1"] == run["top1"]
   assert predicted.metrics["num_examples"] == 500
 
   # `bit_jax.features`' extraction gives the run's own ridge few-shot numbers (on one device
   # and in batches of 250, as the transfer process ran).
   model, params, _ = features.load(pretrain_dir, "tiny-R14")
-  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   def extract(split):
     arrays = features.extract(model, params, "bit_farm_animals", split,
                               run_dir.pp_image(32) + "|keep('image', 'label')",

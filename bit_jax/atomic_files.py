@@ -14,7 +14,8 @@ Files are created with mode 0666 less the umask, as by any other tool (0644 unde
 name, then renamed into place; the earlier one is moved aside and deleted only after.
 
 `move_aside` renames a file that cannot be used (a truncated result) out of the way, never
-deleting it, so that whoever reads it can redo its work and a person can still look at it.
+deleting it, so that whoever reads it can redo its work and a person can still look at it;
+`read_json` reads a record that way: one that cannot be used is set aside with one logged line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import socket
 from typing import IO, Any, Callable
 
 import jax
+from absl import logging
 
 Path = str | os.PathLike
 
@@ -95,6 +97,52 @@ def move_aside(path: Path) -> str:
     aside = f"{os.fspath(path)}.unreadable-{stamp}-{n}"
   os.rename(path, aside)
   return aside
+
+
+class Unusable(Exception):
+  """A file is there but cannot be used; the message says why, e.g. "not JSON: ..."."""
+
+
+def read_json_object(path: Path) -> dict | None:
+  """The non-empty JSON object in `path`; None if there is no file; `Unusable` otherwise."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:  # Unreadable, truncated, empty, not UTF-8.
+    raise Unusable(f"not JSON: {e}") from None
+  if not isinstance(value, dict) or not value:
+    raise Unusable("no JSON object in it")
+  return value
+
+
+def set_aside(path: Path, problem: str, then: str) -> None:
+  """Moves an unusable file out of the way (process 0; the others only log it), logging one
+  line with the `problem` and what happens `then`."""
+  if jax.process_index() == 0:
+    try:
+      where = f"moved to {move_aside(path)}"
+    except FileNotFoundError:  # Moved since it was read.
+      where = "gone already"
+  else:
+    where = "process 0 moves it aside"
+  logging.warning("%s is unusable (%s); %s, %s", os.fspath(path), problem, where, then)
+
+
+def read_json(path: Path, problem: Callable[[dict], str | None] = lambda record: None,
+              then: str = "computing it again") -> dict | None:
+  """A finished piece's JSON record, or None if it must be done (again): no file, or one that
+  is not a JSON object or in which `problem(record)` finds a problem (set aside, logged)."""
+  try:
+    record = read_json_object(path)
+    found = None if record is None else problem(record)
+  except Unusable as e:
+    record, found = None, str(e)
+  if found is None:
+    return record
+  set_aside(path, found, then)
+  return None
 
 
 def _host() -> str:

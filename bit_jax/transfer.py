@@ -158,12 +158,12 @@ def _plan_settings(plan: finetune.Plan) -> dict[str, Any]:
 def _finished_result(directory: str, settings: dict) -> dict | None:
   """The result of a finished run in `directory`, None if it has not finished; `UserError`
   if the directory holds a run with other settings (its numbers would be mislabelled)."""
-  stored = _read_json(os.path.join(directory, SETTINGS_NAME))
+  stored = atomic_files.read_json(os.path.join(directory, SETTINGS_NAME))
   if stored is not None and stored != json.loads(json.dumps(settings)):
     field = _first_difference(stored, json.loads(json.dumps(settings)))
     raise UserError(f"{directory} holds a run with other settings ({field}); use another "
                     "--workdir, or the settings it was run with")
-  result = _read_json(os.path.join(directory, RESULT_NAME))
+  result = atomic_files.read_json(os.path.join(directory, RESULT_NAME))
   if result is None or not run_dir.is_run(directory):
     return None
   return result
@@ -178,23 +178,6 @@ def _first_difference(stored: dict, wanted: dict, prefix: str = "") -> str:
     elif old != new:
       return f"{prefix}{key} was {old!r}, the config asks for {new!r}"
   return "none"
-
-
-def _read_json(path: str) -> dict | None:
-  """A JSON object from `path`; None if it is missing, and moved aside (logged) if it cannot
-  be read, so the run it belongs to is computed again."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      value = json.load(f)
-    if isinstance(value, dict) and value:
-      return value
-  except (OSError, ValueError):
-    pass
-  aside = atomic_files.move_aside(path)
-  logging.warning("%s could not be read; moved it to %s and computing it again", path, aside)
-  return None
 
 
 def _class_names(source, num_classes: int) -> tuple[str, ...]:

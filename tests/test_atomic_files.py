@@ -93,3 +93,27 @@ def test_move_aside_keeps_the_file_under_a_new_name(tmp_path):
   assert not path.exists() and first != second
   assert os.path.basename(first).startswith("seed0.json.unreadable-")
   assert (open(first).read(), open(second).read()) == ("{trunc", "")
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"top1": 0.5', "not JSON"), ("", "not JSON"), ("[1, 2]", "no JSON object in it"),
+    ("{}", "no JSON object in it"), ('{"top1": null}', "no top1")])
+def test_read_json_sets_an_unusable_record_aside_with_one_line(tmp_path, caplog, text,
+                                                                problem):
+  path = tmp_path / "seed0.json"
+  path.write_text(text, encoding="utf-8")
+  check = lambda record: None if record.get("top1") is not None else "no top1"
+  assert atomic_files.read_json(path, check) is None
+  [aside] = tmp_path.glob("seed0.json.unreadable-*")
+  assert aside.read_text(encoding="utf-8") == text and not path.exists()
+  [logged] = [r.getMessage() for r in caplog.records if "is unusable" in r.getMessage()]
+  assert f"({problem}" in logged and str(aside) in logged and "computing it again" in logged
+  assert "\n" not in logged
+
+
+def test_read_json_returns_a_usable_record_and_none_for_no_file(tmp_path):
+  path = tmp_path / "result.json"
+  assert atomic_files.read_json(path) is None
+  atomic_files.write_json(path, {"top1": 0.5})
+  assert atomic_files.read_json(path, lambda record: None) == {"top1": 0.5}
+  assert os.listdir(tmp_path) == ["result.json"]

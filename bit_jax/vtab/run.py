@@ -379,51 +379,28 @@ def _error_path(workdir: pathlib.Path, task: registry.Task) -> pathlib.Path:
 def _read_result(path: pathlib.Path) -> dict | None:
   """A finished piece's record (a seed's or a sweep candidate's), or None: not finished. A
   file without a usable record is moved aside, logged in one line, and so done again."""
-  try:
-    record = json.loads(path.read_text(encoding="utf-8"))
-  except FileNotFoundError:
+  return atomic_files.read_json(path, _no_finite_top1)
+
+
+def _no_finite_top1(record: dict) -> str | None:
+  top1 = record.get("top1")
+  if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
     return None
-  except ValueError as e:  # Truncated, empty, not UTF-8.
-    problem = f"not JSON: {e}"
-  else:
-    top1 = record.get("top1") if isinstance(record, dict) else None
-    if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
-      return record
-    problem = "no finite top1 in it"
-  _move_aside(path, problem, "computing it again")
-  return None
+  return "no finite top1 in it"
 
 
 def _read_settings(workdir: pathlib.Path) -> dict | None:
   """settings.json's settings, or None if there are none (see the module docstring)."""
   path = workdir / SETTINGS_NAME
   try:
-    saved = json.loads(path.read_text(encoding="utf-8"))
-  except FileNotFoundError:
-    return None
-  except ValueError as e:
-    problem = f"not JSON: {e}"
-  else:
-    if isinstance(saved, dict) and saved:
-      return saved
-    problem = "no settings in it"
+    return atomic_files.read_json_object(path)
+  except atomic_files.Unusable as e:
+    problem = str(e)
   finished = [*workdir.glob("runs/*/seed*.json"), *workdir.glob("runs/*/seed*/*.json")]
   if finished:
     raise UserError(f"{path} is unreadable ({problem}), so nothing shows that the "
                     f"{len(finished)} finished result file(s) under {workdir / 'runs'} came "
                     "from the current settings; move it aside to accept them under these "
                     "settings, or use a new --workdir")
-  _move_aside(path, problem, "it is written again from the current settings")
+  atomic_files.set_aside(path, problem, "it is written again from the current settings")
   return None
-
-
-def _move_aside(path: pathlib.Path, problem: str, then: str) -> None:
-  """Renames an unusable file out of the way (process 0; the others only log it)."""
-  if jax.process_index() == 0:
-    try:
-      where = f"moved to {atomic_files.move_aside(path)}"
-    except FileNotFoundError:  # Moved since it was read.
-      where = "gone already"
-  else:
-    where = "process 0 moves it aside"
-  logging.warning("VTAB: %s is unusable (%s); %s, %s", path, problem, where, then)

@@ -459,7 +459,7 @@ def test_an_unreadable_settings_file(fake_run, tmp_path, capsys):
   # With finished results nothing can check their settings: one line, nothing touched.
   settings.write_text("{}")
   assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 2
-  assert "(no settings in it)" in capsys.readouterr().err
+  assert "(no JSON object in it)" in capsys.readouterr().err
   settings.write_text("")
   assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 2
   err = capsys.readouterr().err.strip()

@@ -61,7 +61,7 @@ def extract(model: models.ResNetV2, params: Any, source: str | input_pipeline.So
   order, plus `LABELS` (int [n]; a one-hot label becomes its argmax) when the pp keeps a
   `label`.
 
-  The evaluation batches of `finetune.predict`: padded to `batch_size` and masked, sharded
+  The evaluation batches of `finetune.evaluate`: padded to `batch_size` and masked, sharded
   over `mesh`'s `data` axis, the weight standardization applied once for the whole pass.
   `progress` shows a progress bar (on process 0, when stderr is a terminal).
   """

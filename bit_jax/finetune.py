@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (calibration, checkpointing, distributed, freezing, hyperrule, losses,
-                     models, preemption, run_dir)
+from bit_jax import (calibration, checkpointing, distributed, features, freezing, hyperrule,
+                     losses, models, preemption, run_dir)
 from bit_jax import sharding as sharding_lib
 from bit_jax import train_step as train_step_lib
 from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
@@ -205,33 +204,12 @@ def init_params(model: models.ResNetV2, rng: jax.Array, crop: int) -> Any:
   return model.init(rng, jnp.zeros((1, crop, crop, 3)))["params"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "output"))
-def _forward(model: models.ResNetV2, params: Any, images: jax.Array, output: str):
-  logits, out = model.apply({"params": params}, images)
-  return logits if output == "logits" else out[output]
-
-
-def predict(model: models.ResNetV2, params: Any, source, split: str, pp: str, *,
-            batch_size: int, mesh: jax.sharding.Mesh, output: str = "logits"
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """(`output` per example, one-hot labels) for every example of `split`, in order."""
-  replicated = NamedSharding(mesh, P())
-  model, params = models.for_inference(model, jax.device_put(params, replicated))
-  apply = functools.partial(_forward, model, output=output)
-  outputs, labels = [], []
-  # process_allgather: every host gets the whole batch, also when it spans several hosts.
-  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  for batch in input_pipeline.eval_iterator(source, split, pp, batch_size, mesh):
-    mask = gather(batch["_mask"]).astype(bool)
-    outputs.append(gather(apply(params, batch["image"]))[mask])
-    labels.append(gather(batch["label"])[mask])
-  return np.concatenate(outputs), np.concatenate(labels)
-
-
 def evaluate(model, params, source, split, num_classes, plan, *, mesh):
-  logits, onehot = predict(model, params, source, split, plan.pp_eval(num_classes),
-                           batch_size=plan.eval_batch_size, mesh=mesh)
-  labels = onehot.argmax(-1)
+  """Top-1, ECE and the number of examples of the whole `split`, in `features.extract`'s
+  padded, masked batches (those `bit_jax.predict` runs, so it reproduces these numbers)."""
+  out = features.extract(model, params, source, split, plan.pp_eval(num_classes),
+                         batch_size=plan.eval_batch_size, mesh=mesh, outputs=("logits",))
+  logits, labels = out["logits"], out[features.LABELS]
   probs = np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
   return {"top1": float(np.mean(logits.argmax(-1) == labels)),
           "ece": calibration.expected_calibration_error(probs, labels),

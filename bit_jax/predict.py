@@ -10,8 +10,8 @@
 `--images` is image files and folders of images (searched recursively), or one labelled
 dataset: `folder:/path` (one sub-folder per class, as `transfer.py` reads it; `--split` picks
 a split sub-folder) or `tfds:NAME:SPLIT`. Every image gets the run's own eval preprocessing
-(`ModelCard.pp_eval`, in `finetune.predict`'s padded, masked batches over all devices), so a
-labelled split gives exactly the run's test top-1.
+(`ModelCard.pp_eval`, in `features.extract`'s padded, masked batches over all devices, as
+`finetune.evaluate` scored the run), so a labelled split gives exactly the run's test top-1.
 
 The CSV has one row per image, in input order: its path (the example's index for TFDS), its
 label with `--labels`, then `top_k` (class, probability) pairs, most probable first.

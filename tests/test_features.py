@@ -1,8 +1,9 @@
+import jax
 import numpy as np
 import pytest
 
 import input_pipeline
-from bit_jax import distributed, features, finetune, npz, run_dir
+from bit_jax import distributed, features, npz, run_dir
 from bit_jax.errors import UserError
 from tests.test_predict import CROP, make_labelled_folder, make_run
 
@@ -24,18 +25,22 @@ def mesh():
   return distributed.data_mesh()
 
 
-def test_extract_is_finetune_predict_pre_logits_with_integer_labels(run, dataset, mesh):
+def test_extract_gives_each_example_its_own_outputs_in_order(run, dataset, mesh):
   model, params, card = run_dir.load(run)
   source = input_pipeline.get_source(dataset)
   got = features.extract(model, params, source, "train", card.pp_eval(), batch_size=BATCH,
-                         mesh=mesh)
-  want, onehot = finetune.predict(model, params, source, "train", card.pp_eval(),
-                                  batch_size=BATCH, mesh=mesh, output="pre_logits")
-  assert sorted(got) == ["labels", "pre_logits"]
-  np.testing.assert_array_equal(got["pre_logits"], want)
-  assert got["labels"].dtype == np.int64
-  np.testing.assert_array_equal(got["labels"], onehot.argmax(-1))
+                         mesh=mesh, outputs=("pre_logits", "logits"))
+  assert sorted(got) == ["labels", "logits", "pre_logits"]
   assert got["pre_logits"].shape == (9, 1024)  # tiny-R14: 4 * 8 * 32 channels.
+  # The reference: each example alone, preprocessed by the same pp, in the split's order.
+  pp = input_pipeline.get_preprocess_fn(card.pp_eval())
+  examples = [pp(example) for example in source.read("train")]
+  logits, out = jax.jit(model.apply)({"params": params},
+                                     np.stack([e["image"] for e in examples]))
+  np.testing.assert_allclose(got["pre_logits"], out["pre_logits"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-4)
+  assert got["labels"].dtype == np.int64  # One-hot labels become their argmax.
+  np.testing.assert_array_equal(got["labels"], [np.argmax(e["label"]) for e in examples])
 
 
 def test_command_writes_block3_and_pre_logits_from_a_run_or_an_npz(run, dataset, tmp_path):

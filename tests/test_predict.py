@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import input_pipeline
-from bit_jax import distributed, finetune, models, predict, run_dir
+from bit_jax import distributed, features, finetune, models, predict, run_dir
 from bit_jax.errors import UserError
 from input_pipeline.image_files import ImageFiles, list_images
 
@@ -61,12 +61,12 @@ def mesh():
 
 
 def _reference_logits(run, paths, mesh):
-  """Logits by `finetune.predict` with the run's own eval preprocessing."""
+  """Logits as the run's own evaluation (`finetune.evaluate`) extracts them: its eval
+  preprocessing and batches, the images listed by hand."""
   model, params, card = run_dir.load(run)
   source = ImageFiles(paths, np.zeros(len(paths), np.int64), class_names=card.class_names)
-  logits, _ = finetune.predict(model, params, source, "files", card.pp_eval(),
-                               batch_size=BATCH, mesh=mesh)
-  return logits
+  return features.extract(model, params, source, "files", card.pp_eval(), batch_size=BATCH,
+                          mesh=mesh, outputs=("logits",))["logits"]
 
 
 def test_csv_lists_top_k_classes_and_probabilities_in_order(run, labelled, mesh):
@@ -122,9 +122,9 @@ def test_tfds_split_rows_are_indices_in_split_order(run, mesh, tmp_path):
   assert result.key == "index" and result.names == [str(i) for i in range(11)]
   model, params, card = run_dir.load(run)
   source = input_pipeline.get_source("bit_digits", data_dir)
-  logits, _ = finetune.predict(model, params, source, "test[:11]",
-                               f"{card.pp_image}|keep('image', 'label')", batch_size=BATCH,
-                               mesh=mesh)
+  logits = features.extract(model, params, source, "test[:11]",
+                            f"{card.pp_image}|keep('image', 'label')", batch_size=BATCH,
+                            mesh=mesh, outputs=("logits",))["logits"]
   np.testing.assert_array_equal(result.logits, logits)
   # Its classes are not the run's: --labels refuses, naming both.
   with pytest.raises(UserError, match="fine-tuned on the classes cat, dog, emu") as e:

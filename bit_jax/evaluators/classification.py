@@ -61,25 +61,16 @@ def make_step(model, loss: str, num_classes: int):
   return step
 
 
-class Evaluator:
+class Evaluator(inference.OneSplit):
   """Top-1/top-5/loss/ECE on `split` of `dataset`."""
 
   def __init__(self, name: str, entry: Mapping[str, Any], run: inference.Run):
-    self.name, self.run = name, run
-    self.dataset, self.split, self.pp, self.batch_size = spec.data(name, entry, run)
-    inference.check_dataset_name(self.dataset, f"evals.{name}.dataset", run)
-    self._data = None
+    super().__init__(name, entry, run)
     self._step = inference.jitted(make_step, run.mesh, run.model, run.loss, run.num_classes)
 
-  def describe(self) -> str:
-    return f"{self.dataset} {self.split}"
-
   def run_on(self, params: Any) -> dict[str, float]:
-    if self._data is None:
-      self._data = inference.batches(self.run, self.dataset, self.split, self.pp,
-                                     self.batch_size)
     sums = inference.sum_over(
-        self._data, lambda b: self._step(params, b["image"], b["label"], b["_mask"]))
+        self.data, lambda b: self._step(params, b["image"], b["label"], b["_mask"]))
     count = float(sums["count"])
     return {"top1": float(sums["top1"]) / count, "top5": float(sums["top5"]) / count,
             "loss": float(sums["loss"]) / count, "ece": ece(sums)}

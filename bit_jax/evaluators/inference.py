@@ -27,6 +27,7 @@ from input_pipeline import embedded
 from input_pipeline.datasets import FOLDER_PREFIX
 from bit_jax import models
 from bit_jax.errors import UserError
+from bit_jax.evaluators import spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,26 @@ class Run:
   def prepare(self, params: Any) -> Any:
     """The training params, replicated and with standardized kernels, for `self.model`."""
     return self.standardize(jax.device_put(params, NamedSharding(self.mesh, P())))
+
+
+class OneSplit:
+  """What an evaluator of one split of one dataset shares: its `spec.DATA` fields (the run's
+  where left empty), checked when it is built, and its batches, opened when it first runs."""
+
+  def __init__(self, name: str, entry: Mapping[str, Any], run: Run):
+    self.name, self.run = name, run
+    self.dataset, self.split, self.pp, self.batch_size = spec.data(name, entry, run)
+    check_dataset_name(self.dataset, f"evals.{name}.dataset", run)
+    self._data = None
+
+  def describe(self) -> str:
+    return f"{self.dataset} {self.split}"
+
+  @property
+  def data(self) -> input_pipeline.EvalBatches:
+    if self._data is None:
+      self._data = batches(self.run, self.dataset, self.split, self.pp, self.batch_size)
+    return self._data
 
 
 def check_dataset_name(name: str, where: str, run: Run) -> None:
@@ -98,7 +119,7 @@ def jitted(make_step: Callable[..., Callable], mesh: jax.sharding.Mesh, *args) -
 
 
 def gather(x: jax.Array) -> np.ndarray:
-  """The whole global array on every host (`process_allgather`, as `finetune.predict`)."""
+  """The whole global array on every host (`process_allgather`, as `features.extract`)."""
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -138,31 +138,27 @@ def make_step(model):
   return step
 
 
-class Evaluator:
+class Evaluator(inference.OneSplit):
   """Top-1/top-5 on `dataset`, the head restricted to the classes `mapping` names."""
 
   def __init__(self, name: str, entry: Mapping[str, Any], run: inference.Run):
-    self.name, self.run = name, run
-    self.dataset, self.split, self.pp, self.batch_size = spec.data(name, entry, run)
-    inference.check_dataset_name(self.dataset, f"evals.{name}.dataset", run)
+    super().__init__(name, entry, run)
     spec.non_empty_str(name, "mapping", entry["mapping"])
     self.mapping = load_mapping(entry["mapping"], run.num_classes, f"evals.{name}.mapping")
-    self._data = self._matrix = None
+    self._matrix = None
     self._step = inference.jitted(make_step, run.mesh, run.model)
 
   def describe(self) -> str:
-    return f"{self.dataset} {self.split}, {len(self.mapping)} classes mapped"
+    return f"{super().describe()}, {len(self.mapping)} classes mapped"
 
   def run_on(self, params: Any) -> dict[str, float]:
-    if self._data is None:
-      data = inference.batches(self.run, self.dataset, self.split, self.pp, self.batch_size)
-      names = class_names(data.source)
-      size = data.source.num_classes or len(names or []) or (
+    if self._matrix is None:
+      names = class_names(self.data.source)
+      size = self.data.source.num_classes or len(names or []) or (
           1 + max(int(k) for k in self.mapping if k.isdigit()))
       self._matrix = jnp.asarray(
           mapping_matrix(self.mapping, names, size, self.run.num_classes))
-      self._data = data
-    sums = inference.sum_over(self._data, lambda b: self._step(
+    sums = inference.sum_over(self.data, lambda b: self._step(
         params, b["image"], b["label"], b["_mask"], self._matrix))
     if not sums["counted"]:
       raise ValueError(f"no image of {self.dataset} {self.split} is of a mapped class")

@@ -103,15 +103,3 @@ def _accumulated(grad_fn, params, images, labels, accum_steps):
   zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
   total, _ = jax.lax.scan(add_micro_batch, zeros, (split(images), split(labels)))
   return jax.tree.map(lambda x: x / accum_steps, total)
-
-
-def make_eval_step(model, loss_fn: LossFn) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-  """Sums of top-1/top-5 hits, loss and count over the batch's real (unmasked) examples."""
-
-  def eval_step(params, batch: Batch):
-    logits, _ = model.apply({"params": params}, batch["image"])
-    mask = batch["_mask"].astype(jnp.float32)
-    return metrics_lib.eval_counts(logits, batch["label"], mask,
-                                   loss_fn(logits, batch["label"]))
-
-  return eval_step

@@ -11,6 +11,7 @@ train or the inference step here (benchmarks/RESULTS.md).
 
   python benchmarks/kernels.py                          # R50x1, 128 px, batch 8, float32
   python benchmarks/kernels.py --model=tiny-R14 --resolution=32 --iters=2   # smoke run
+  python benchmarks/kernels.py --variants="plain,all tuned but conv"         # two of them
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--iters", type=int, default=15, help="timed calls per variant")
   parser.add_argument("--block", type=int, default=3, help="timed calls in a row")
+  parser.add_argument("--variants", default="",
+                      help="comma-separated variant names to time (plain always); "
+                           "default: every variant")
   return parser.parse_args(argv)
 
 
@@ -53,6 +57,17 @@ def variants() -> dict[str, dict]:
   return out
 
 
+def chosen_variants(names: str) -> dict[str, dict]:
+  """The variants `--variants` names (all when empty), plain first; `SystemExit` naming the
+  valid ones for an unknown name."""
+  every = variants()
+  wanted = [name.strip() for name in names.split(",") if name.strip()] or list(every)
+  unknown = [name for name in wanted if name not in every]
+  if unknown:
+    raise SystemExit(f"unknown variant {unknown[0]!r}; valid: {', '.join(every)}")
+  return {name: every[name] for name in ["plain", *wanted] if name in every}
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
   """{variant: {"train_s", "infer_s", "train_ratio", "infer_ratio"}}; ratios over plain."""
   bench_args = throughput.parse_args(
@@ -60,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
        f"--dtype={args.dtype}", f"--num_classes={args.num_classes}", "--kernels=plain"])
   plain = models.get_model(args.model, args.num_classes, dtype=args.dtype, kernels="plain")
   benches = {name: throughput.JaxBench(bench_args, model=plain.clone(**fields))
-             for name, fields in variants().items()}
+             for name, fields in chosen_variants(args.variants).items()}
   results = {name: {} for name in benches}
   for kind in ("train", "infer"):
     times = {name: [] for name in benches}

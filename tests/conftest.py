@@ -17,6 +17,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_STEPS = 300
 
 
+def _shared_folder(tmp_path_factory):
+  """The test run's temporary folder, shared by its xdist workers (each has its own below)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the test run, its workers and subprocesses.
+
+  Many tests compile the same tiny programs (tiny-R14's train step, the demo's evaluators),
+  often in fresh processes (train.py, transfer.py); each compiles once per test run. An
+  executable read from the cache is the one compiled, so bitwise comparisons still hold.
+  """
+  cache = str(_shared_folder(tmp_path_factory) / "jax_cache")
+  settings = {"jax_compilation_cache_dir": cache,
+              "jax_persistent_cache_min_compile_time_secs": 0.2}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)  # Inherited by the subprocesses tests start.
+  yield cache
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
   """`train.py --config=configs/demo.py` run once (shortened): (workdir, the process).
@@ -25,9 +48,7 @@ def demo_run(tmp_path_factory):
   it under a lock in the workers' shared temporary folder; the others read its record. The
   tests only read the workdir.
   """
-  shared = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):  # Each worker's basetemp is in the run's folder.
-    shared = shared.parent
+  shared = _shared_folder(tmp_path_factory)
   workdir, record = shared / "demo", shared / "demo.json"
   with open(shared / "demo.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.

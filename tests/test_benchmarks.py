@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from bit_jax import cpu_kernels
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -80,12 +82,26 @@ def test_memory_upstream_compares_replicated_and_fsdp_per_device(capsys):
   assert fsdp["argument"] < replicated["argument"] and fsdp["peak"] < replicated["peak"]
 
 
-def test_kernels_prints_each_variant_against_the_plain_model(capsys):
+def test_kernels_lists_the_plain_model_all_tuned_and_each_op_left_out():
+  kernels = _load("kernels")
+  ops = set(cpu_kernels.OPS)
+  assert set(kernels.variants()) == {"plain", "all tuned"} | {f"all tuned but {op}" for op in ops}
+  assert kernels.variants()["all tuned"] == cpu_kernels.OPS
+  assert all(set(fields) == ops - {name.split()[-1]}
+             for name, fields in kernels.variants().items() if "but" in name)
+  assert list(kernels.chosen_variants("all tuned")) == ["plain", "all tuned"]
+  with pytest.raises(SystemExit, match="unknown variant 'fast'; valid: plain, all tuned"):
+    kernels.chosen_variants("fast")
+
+
+def test_kernels_prints_the_chosen_variants_against_the_plain_model(capsys):
+  # Two variants: each compiles a train step and a forward (the full set is the benchmark's).
   kernels = _load("kernels")
   results = kernels.main(["--model=tiny-R14", "--resolution=32", "--batch=2", "--iters=1",
-                          "--num_classes=4"])
+                          "--num_classes=4", "--variants=all tuned"])
   out = capsys.readouterr().out
   assert "| plain | " in out and "| all tuned | " in out
+  assert list(results) == ["plain", "all tuned"]
   assert results["plain"]["train_ratio"] == results["plain"]["infer_ratio"] == 1.0
-  for name in kernels.variants():
-    assert results[name]["train_s"] > 0 and results[name]["infer_s"] > 0
+  for r in results.values():
+    assert r["train_s"] > 0 and r["infer_s"] > 0

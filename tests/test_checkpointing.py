@@ -21,7 +21,7 @@ OPTIMIZER = optax.sgd(0.1, momentum=0.9)
 
 def _init_state(params):
   if params is None:
-    params = MODEL.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.jit(MODEL.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   return train_step.create_train_state(params, OPTIMIZER)
 
 

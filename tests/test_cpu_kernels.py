@@ -45,8 +45,8 @@ def test_conv_values_and_gradients_match_the_plain_conv(kernel_size, strides, pa
   x = jnp.asarray(rng.normal(size=(2, 9, 10, 8)), jnp.float32)  # Odd size: strided edges.
   plain = models.Conv(16, kernel_size, strides, padding=padding)
   tuned = cpu_kernels.Conv(16, kernel_size, strides, padding=padding)
-  params = plain.init(jax.random.key(0), x)["params"]
-  assert jax.tree.map(jnp.shape, tuned.init(jax.random.key(0), x)["params"]) == (
+  params = jax.jit(plain.init)(jax.random.key(0), x)["params"]
+  assert jax.tree.map(jnp.shape, jax.jit(tuned.init)(jax.random.key(0), x)["params"]) == (
       jax.tree.map(jnp.shape, params))
   expected, expected_vjp = jax.vjp(lambda p, x: plain.apply({"params": p}, x), params, x)
   ours, ours_vjp = jax.vjp(lambda p, x: tuned.apply({"params": p}, x), params, x)
@@ -76,8 +76,8 @@ def test_the_cpu_model_computes_the_plain_model_and_its_gradient():
   assert tuned.norm_act is cpu_kernels.GroupNormReLU
   images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
   labels = jax.nn.one_hot(jnp.array([1, 3]), 4)
-  params = plain.init(jax.random.key(0), images)["params"]
-  assert jax.tree.structure(tuned.init(jax.random.key(0), images)["params"]) == (
+  params = jax.jit(plain.init)(jax.random.key(0), images)["params"]
+  assert jax.tree.structure(jax.jit(tuned.init)(jax.random.key(0), images)["params"]) == (
       jax.tree.structure(params))
   params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1),
                                                      params["head"]["kernel"].shape)
@@ -86,8 +86,8 @@ def test_the_cpu_model_computes_the_plain_model_and_its_gradient():
     logits, _ = model.apply({"params": p}, images)
     return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
 
-  expected, expected_grads = jax.value_and_grad(lambda p: loss(plain, p))(params)
-  ours, grads = jax.value_and_grad(lambda p: loss(tuned, p))(params)
+  expected, expected_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  ours, grads = jax.jit(jax.value_and_grad(lambda p: loss(tuned, p)))(params)
   np.testing.assert_allclose(ours, expected, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, rtol=0, atol=1e-4 * float(np.max(np.abs(b))) + 1e-7), grads, expected_grads)

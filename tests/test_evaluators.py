@@ -17,7 +17,8 @@ from bit_jax import npz, train
 from bit_jax.checkpointing import EXPORT_NAME
 from bit_jax.errors import UserError
 from bit_jax.evaluators import Evaluators, classification, fewshot, real, subset
-from configs import bit_m, bit_s, common, demo
+from configs import bit_m, bit_s, common
+from tests import tiny_configs
 
 
 class LogitsAreInputs:
@@ -113,10 +114,7 @@ def test_fewshot_equals_ridge_fewshot_accuracy_on_the_same_features():
 # --- The registry -------------------------------------------------------------------------------
 
 def _tiny_config(**evals):
-  config = demo.get_config()
-  config.update(dict(model="tiny-R14", batch_size=16, eval_batch_size=16, shuffle_buffer=64,
-                     warmup_steps=2, log_every_steps=1, eval_every_steps=2,
-                     checkpoint_every_steps=1000))
+  config = tiny_configs.upstream(eval_every_steps=2)
   for name, entry in evals.items():
     config.evals[name] = entry
   return config
@@ -206,7 +204,7 @@ def test_loop_runs_each_evaluator_at_its_steps_and_survives_a_failing_one(tmp_pa
           pp="decode|resize(32)|value_range(-1,1)|keep('image', 'label')", every_steps=3,
           num_seeds=1),
       missing=common.classification_eval(dataset="folder:/no/such/folder", split="train"))
-  config.update(dict(total_steps=4, image_size=32))
+  config.total_steps = 4
   config.evals.eval.split = "test[:32]"
   with caplog.at_level(logging.WARNING):
     results = train.train_and_evaluate(config, str(tmp_path))

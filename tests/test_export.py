@@ -23,7 +23,7 @@ CROP = 32
 
 def _checkpoint(workdir, steps):
   model = models.get_model("tiny-R14", num_classes=3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), keep=5)
   states = {}
   for step in steps:

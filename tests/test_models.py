@@ -39,7 +39,7 @@ def test_backbone_sizes_of_the_smallest_and_largest():
 def test_output_shapes_and_intermediates(name, size):
   model = models.get_model(name, num_classes=7)
   images = jnp.zeros((2, size, size, 3))
-  params = model.init(jax.random.key(0), images)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), images)["params"]
   logits, out = model.apply({"params": params}, images)
   assert logits.shape == (2, 7)
   s = size // 4
@@ -55,7 +55,7 @@ def test_output_shapes_and_intermediates(name, size):
 def test_backbone_only_model_returns_features_and_no_logits():
   model = models.get_model("tiny-R14")
   images = jnp.ones((1, 32, 32, 3))
-  params = model.init(jax.random.key(0), images)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), images)["params"]
   logits, out = model.apply({"params": params}, images)
   assert logits is None and "head" not in params
   assert out["pre_logits"].shape == (1, 1024)
@@ -173,7 +173,7 @@ def test_bfloat16_compute_stays_close_and_keeps_float32_params():
   model32 = models.get_model("tiny-R14", num_classes=5)
   model16 = models.get_model("tiny-R14", num_classes=5, dtype=jnp.bfloat16)
   images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
-  params = model16.init(jax.random.key(1), images)["params"]
+  params = jax.jit(model16.init)(jax.random.key(1), images)["params"]
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   _, out32 = model32.apply({"params": params}, images)
   _, out16 = model16.apply({"params": params}, images)
@@ -191,14 +191,14 @@ def _images(seed, size=32):
 def test_forward_mode_autodiff_runs_through_the_plain_model():
   model = models.get_model("tiny-R14", num_classes=3, kernels="plain")
   images = _images(10)
-  params = model.init(jax.random.key(3), images)["params"]
+  params = jax.jit(model.init)(jax.random.key(3), images)["params"]
   tangent = jax.tree.map(lambda p: jnp.full_like(p, 1e-2), params)
   pre_logits = lambda p: model.apply({"params": p}, images)[1]["pre_logits"]
-  _, jvp = jax.jvp(pre_logits, (params,), (tangent,))
+  _, jvp = jax.jit(lambda p, t: jax.jvp(pre_logits, (p,), (t,)))(params, tangent)
   # Forward mode agrees with reverse mode: <J t, v> == <t, J^T v>.
   v = jnp.asarray(np.random.default_rng(11).normal(size=jvp.shape), jnp.float32)
-  _, vjp = jax.vjp(pre_logits, params)
-  reverse = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vjp(v)[0]),
+  cotangent = jax.jit(lambda p, v: jax.vjp(pre_logits, p)[1](v)[0])(params, v)
+  reverse = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(cotangent),
                                                  jax.tree.leaves(tangent)))
   np.testing.assert_allclose(jnp.vdot(jvp, v), reverse, rtol=1e-3)
   assert float(jnp.abs(jvp).max()) > 0
@@ -220,7 +220,7 @@ def test_initial_kernels_keep_he_scale_not_the_standardized_one():
   # Under weight standardization the kernel's scale sets the effective learning rate
   # (lr / |w|^2): storing standardized kernels at init trained the demo far worse.
   model = models.get_model("tiny-R14", num_classes=3)
-  params = model.init(jax.random.key(5), _images(13))["params"]
+  params = jax.jit(model.init)(jax.random.key(5), _images(13))["params"]
   kernel = np.asarray(params["block2"]["unit01"]["conv2"]["kernel"])
   he_std = np.sqrt(2 / np.prod(kernel.shape[:3]))
   assert 0.8 * he_std < kernel.std() < 1.2 * he_std
@@ -229,7 +229,7 @@ def test_initial_kernels_keep_he_scale_not_the_standardized_one():
 def test_hoisted_weight_standardization_gives_the_same_outputs():
   model = models.get_model("tiny-R14", num_classes=5)
   images = _images(6)
-  params = model.init(jax.random.key(2), images)["params"]
+  params = jax.jit(model.init)(jax.random.key(2), images)["params"]
   # A non-zero head, so logits are compared too.
   params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(3),
                                                      params["head"]["kernel"].shape)
@@ -259,7 +259,7 @@ class _UnitWithAnExtraConv(models.BottleneckUnit):
 def test_a_new_conv_is_weight_standardized_by_construction():
   model = models.get_model("tiny-R14", num_classes=3).clone(unit=_UnitWithAnExtraConv)
   images = _images(12)
-  params = model.init(jax.random.key(4), images)["params"]
+  params = jax.jit(model.init)(jax.random.key(4), images)["params"]
   extra = params["block2"]["unit01"]["extra"]["kernel"]
   standardized = models.standardize_weights(params)["block2"]["unit01"]["extra"]["kernel"]
   np.testing.assert_allclose(np.asarray(standardized).reshape(-1, extra.shape[-1]).std(0), 1,

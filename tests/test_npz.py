@@ -24,7 +24,7 @@ def _rel_err(ours, theirs):
 
 def test_round_trip_keeps_every_array(tmp_path):
   model = models.get_model("tiny-R14", num_classes=4)
-  params = model.init(jax.random.key(0), IMAGES[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), IMAGES[:1])["params"]
   npz.save(params, tmp_path / "mine.npz")
   loaded = npz.load(tmp_path / "mine.npz")
   assert jax.tree.structure(loaded) == jax.tree.structure(jax.tree.map(np.asarray, params))
@@ -33,7 +33,7 @@ def test_round_trip_keeps_every_array(tmp_path):
 
 def test_saved_file_uses_the_official_key_list(tmp_path):
   model = models.get_model("tiny-R14", num_classes=10)
-  params = model.init(jax.random.key(0), IMAGES[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), IMAGES[:1])["params"]
   npz.save(params, tmp_path / "mine.npz")
   official = make_official_weights()  # tiny-R14's shapes, built from the format alone.
   with np.load(tmp_path / "mine.npz") as saved:
@@ -44,7 +44,7 @@ def test_official_file_loads_into_the_model_tree(tmp_path):
   np.savez(tmp_path / "official.npz", **make_official_weights())
   params = npz.load(tmp_path / "official.npz")
   model = models.get_model("tiny-R14", num_classes=10)
-  expected = model.init(jax.random.key(0), IMAGES[:1])["params"]
+  expected = jax.jit(model.init)(jax.random.key(0), IMAGES[:1])["params"]
   assert jax.tree.structure(params) == jax.tree.structure(expected)
 
 
@@ -70,7 +70,7 @@ def test_logits_from_an_official_file_agree_with_the_reference(tmp_path):
 def test_logits_of_a_saved_model_agree_with_the_reference(tmp_path):
   """Save ours: the reference reads our file and computes the same logits."""
   model = models.get_model("tiny-R26", num_classes=5)
-  params = model.init(jax.random.key(3), IMAGES[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(3), IMAGES[:1])["params"]
   # A non-zero head, so the comparison covers the head too.
   params["head"]["kernel"] = jax.random.normal(
       jax.random.key(4), params["head"]["kernel"].shape)

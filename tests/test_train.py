@@ -13,24 +13,16 @@ import tensorflow_datasets as tfds
 
 from bit_jax import entry, errors, npz, run_settings, train
 from bit_jax.checkpointing import EXPORT_NAME
-from configs import bit_l, bit_m, bit_s, common, demo
-from tests import faults
+from configs import bit_l, bit_m, bit_s, common
+from tests import faults, tiny_configs
 from tests.conftest import DEMO_STEPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(model="tiny-R14", image_size=32, batch_size=16, eval_batch_size=16,
-            warmup_steps=2, log_every_steps=1, eval_every_steps=1000,
-            checkpoint_every_steps=1000, shuffle_buffer=64)
-
-
-def _configure(config, **overrides):
-  config.update({**TINY, **overrides})
-  return config
 
 
 @pytest.mark.parametrize("get_config", [bit_s.get_config, bit_m.get_config, bit_l.get_config])
 def test_upstream_configs_run_a_few_steps_on_mock_data(tmp_path, get_config):
-  config = _configure(
+  config = tiny_configs.upstream(
       get_config(), dataset="imagenet2012", num_classes=1000, total_steps=3,
       num_train_examples=64, train_split="train", eval_split="validation",
       **dict(zip(("pp_train", "pp_eval"), common.imagenet_pp(1000, crop=32, resize=36))))
@@ -124,14 +116,14 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = _configure(demo.get_config(), total_steps=2, checkpoint_every_steps=2)
+  config = tiny_configs.upstream(total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   good = {k: v.copy() for k, v in npz.read_flat(tmp_path / EXPORT_NAME).items()}
   # Resume the same run with a learning rate that blows the parameters up: as a workdir from
   # before settings were recorded (a recorded one refuses another learning rate).
   os.remove(tmp_path / run_settings.SETTINGS_NAME)
-  diverging = _configure(demo.get_config(), total_steps=6, checkpoint_every_steps=1,
-                         lr_per_256=1e30, warmup_steps=0)
+  diverging = tiny_configs.upstream(total_steps=6, checkpoint_every_steps=1, lr_per_256=1e30,
+                                    warmup_steps=0)
   # Step 3's loss is still finite (computed before the exploding update); its parameters
   # are not, so step 3 must not be saved over the good step 2.
   # Step 2 is the checkpoint it resumed from: the message does not vouch for it as "good".

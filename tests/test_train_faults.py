@@ -16,12 +16,10 @@ import tensorflow as tf
 
 from bit_jax import checkpointing, entry, errors, npz, run_settings, train
 from configs import demo
-from tests import faults
+from tests import faults, tiny_configs
 
 ROOT = faults.ROOT
-TINY = dict(model="tiny-R14", batch_size=16, eval_batch_size=16, shuffle_buffer=64,
-            warmup_steps=2, log_every_steps=1, eval_every_steps=1000,
-            checkpoint_every_steps=1000)
+TINY = tiny_configs.UPSTREAM
 
 
 def _error_lines(stderr):

@@ -12,21 +12,14 @@ import tensorflow_datasets as tfds
 
 from bit_jax import features, fewshot, finetune, models, npz, predict, run_dir, transfer
 from bit_jax.errors import UserError
-from configs import transfer as transfer_config
+from tests import tiny_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny(**overrides):
-  config = transfer_config.get_config("model=tiny-R14,dataset=cifar10")
-  config.update({**dict(resolution=(36, 32), batch_size=16, eval_batch_size=16, total_steps=4,
-                        log_every_steps=2, shuffle_buffer=64), **overrides})
-  return config
-
-
 def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
   # With the memory savers on (as for R152x4 at 384 px): micro-batches and rematerialisation.
-  config = _tiny(shots=(0, 1), seeds=(3,),
+  config = tiny_configs.transfer(shots=(0, 1), seeds=(3,),
                  linear_eval=("bigvision_fewshot,ncm", "ericsson_linear", "ericsson_fewshot"),
                  linear_shots=(1,), fewshot_ways=2, fewshot_shots=(1,), fewshot_queries=1,
                  fewshot_episodes=5, accum_steps=2, remat=True, linear_pp="resize(32)")
@@ -54,8 +47,9 @@ def test_end_to_end_on_mock_data(tmp_path, monkeypatch):
 
 
 def test_each_frozen_feature_method_reads_its_published_preprocessing():
-  plan = finetune.make_plan(_tiny(), 50, None)
-  pp = lambda method, **kw: transfer._feature_pp(_tiny(**kw), method, plan, 10)
+  plan = finetune.make_plan(tiny_configs.transfer(), 50, None)
+  pp = lambda method, **kw: transfer._feature_pp(tiny_configs.transfer(**kw), method, plan,
+                                                  10)
   tail = "|value_range(-1,1)|onehot(10)|keep('image', 'label')"
   assert pp("ericsson_linear") == ("decode|resize_small(224, method='bicubic')|"
                                    f"central_crop(224){tail}")
@@ -77,22 +71,23 @@ def test_summary_gives_mean_and_spread_over_seeds():
 def test_unknown_linear_method_is_refused(tmp_path):
   with pytest.raises(UserError, match="unknown linear_eval method 'svm'; valid: "
                                       "ericsson_linear, ericsson_fewshot, bigvision_fewshot"):
-    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits",
+    transfer.finetune_and_evaluate(tiny_configs.transfer(dataset="bit_digits",
                                          linear_eval=("bigvision_fewshot,svm",)),
                                    str(tmp_path))
 
 
 def test_a_checkpoint_for_another_architecture_is_refused(tmp_path):
   other = models.get_model("tiny-R26", num_classes=10)
-  npz.save(other.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"],
+  npz.save(jax.jit(other.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"],
            tmp_path / "r26.npz")
   with pytest.raises(UserError, match="does not fit the model tiny-R14.*looks like tiny-R26"):
-    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", init=str(tmp_path / "r26.npz")),
+    transfer.finetune_and_evaluate(
+        tiny_configs.transfer(dataset="bit_digits", init=str(tmp_path / "r26.npz")),
                                    str(tmp_path))
 
 
 def test_more_shots_than_the_smallest_class_is_refused(tmp_path):
-  config = _tiny(dataset="bit_digits", shots=(500,))
+  config = tiny_configs.transfer(dataset="bit_digits", shots=(500,))
   with pytest.raises(UserError, match=r"Class '\d' \(label \d\) has only \d+ examples, "
                                       "fewer than shots=500"):
     transfer.finetune_and_evaluate(config, str(tmp_path))
@@ -187,5 +182,6 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_
 def test_bad_transfer_input_is_refused_before_anything_is_written(tmp_path, overrides,
                                                                   message):
   with pytest.raises(UserError, match=message):
-    transfer.finetune_and_evaluate(_tiny(dataset="bit_digits", **overrides), str(tmp_path))
+    transfer.finetune_and_evaluate(tiny_configs.transfer(dataset="bit_digits", **overrides),
+                                   str(tmp_path))
   assert os.listdir(tmp_path) == []

@@ -15,16 +15,9 @@ import tensorflow_datasets as tfds
 import input_pipeline
 from bit_jax import distributed, entry, finetune, models, npz, run_dir, transfer
 from bit_jax.errors import UserError
-from configs import transfer as transfer_config
+from tests import tiny_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny(**overrides):
-  config = transfer_config.get_config("model=tiny-R14,dataset=cifar10")
-  config.update({**dict(resolution=(36, 32), batch_size=16, eval_batch_size=16, total_steps=4,
-                        log_every_steps=2, shuffle_buffer=64), **overrides})
-  return config
 
 
 def _run_dirs(workdir):
@@ -32,7 +25,7 @@ def _run_dirs(workdir):
 
 
 def test_each_run_keeps_its_model_and_a_rerun_skips_it(tmp_path, monkeypatch):
-  config = _tiny(shots=(1,), seeds=(0, 1), trainable="block4")
+  config = tiny_configs.transfer(shots=(1,), seeds=(0, 1), trainable="block4")
   with tfds.testing.mock_data(num_examples=40):
     first = transfer.finetune_and_evaluate(config, str(tmp_path))
     assert _run_dirs(tmp_path) == ["scratch-1shot-seed0", "scratch-1shot-seed1"]
@@ -54,7 +47,7 @@ def test_each_run_keeps_its_model_and_a_rerun_skips_it(tmp_path, monkeypatch):
 
 
 def test_a_killed_transfer_keeps_its_finished_runs(tmp_path, monkeypatch):
-  config = _tiny(shots=(1,), seeds=(0, 1))
+  config = tiny_configs.transfer(shots=(1,), seeds=(0, 1))
   train = finetune.train
   calls = []
   def dies_in_the_second_run(*args, **kwargs):
@@ -75,16 +68,17 @@ def test_a_killed_transfer_keeps_its_finished_runs(tmp_path, monkeypatch):
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
   with tfds.testing.mock_data(num_examples=40):
-    transfer.finetune_and_evaluate(_tiny(shots=(1,)), str(tmp_path))
+    transfer.finetune_and_evaluate(tiny_configs.transfer(shots=(1,)), str(tmp_path))
     with pytest.raises(UserError, match=r"holds a run with other settings \(plan.base_lr was "
                                         r"0.003, the config asks for 0.01\)"):
-      transfer.finetune_and_evaluate(_tiny(shots=(1,), base_lr=0.01), str(tmp_path))
+      transfer.finetune_and_evaluate(tiny_configs.transfer(shots=(1,), base_lr=0.01),
+                                     str(tmp_path))
 
 
 def test_an_interrupted_finetuning_resumes_to_the_same_parameters(tmp_path, monkeypatch):
   """Killed after step 5 with a checkpoint at step 4: the rerun starts at step 4 and ends
   bitwise where an uninterrupted run ends (MixUp on, so its randomness is replayed too)."""
-  config = _tiny(total_steps=6, checkpoint_every_steps=2, mixup_alpha=0.2)
+  config = tiny_configs.transfer(total_steps=6, checkpoint_every_steps=2, mixup_alpha=0.2)
   real_iterator = input_pipeline.train_iterator
   with tfds.testing.mock_data(num_examples=40):
     source = input_pipeline.get_source("cifar10")

@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 demo: $(VENV)/.installed
 	$(RUN) train.py --config=configs/demo.py --workdir=workdir/demo
 
-# Two workers, each test file on one (its fixtures set up once): 19.6 -> 13.3 min on 2 cores.
+# Two workers, each test file on one (its fixtures set up once); on 2 cores a third worker
+# made the run slower (18.9 against 16.4 min).
 test: $(VENV)/.installed
 	$(RUN) -m pytest -n 2 --dist loadfile --durations=15

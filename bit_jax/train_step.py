@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bit_jax import metrics as metrics_lib
 from bit_jax import models
 from bit_jax.mixup import mixup
 

@@ -1,6 +1,5 @@
 """The plan of a fine-tuning run: the HyperRule, its overrides, the config's other settings
 and bad-input errors."""
-import ml_collections
 import pytest
 
 from bit_jax import finetune

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bit_jax import models, npz, pretrained
+from bit_jax import models, pretrained
 from bit_jax.errors import UserError
 from tests.official_layout import make_official_weights
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bit_jax import losses, models, optim, train_step as train_step_lib
+from bit_jax import losses, models, train_step as train_step_lib
 
 MODEL = models.get_model("tiny-R14", num_classes=4)
 

@@ -1,9 +1,11 @@
-"""Faults the fault tests inject: damaged checkpoints, and runs of the demo config in a fresh
-process with a patch applied first (a write that fails, a kill at a checkpoint)."""
+"""Faults the fault tests inject: damaged checkpoints, runs of the demo config in a fresh
+process with a patch applied first (a write that fails, a kill at a checkpoint), and a
+signal sent to a command once its steps are running (preemption, Ctrl-C)."""
 import glob
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,3 +62,17 @@ def run_demo(workdir, overrides, patch="", timeout=600):
   script = _SCRIPT.format(root=ROOT, patch=patch, overrides=overrides, workdir=str(workdir))
   return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def signal_once_running(args, running_marker, signum):
+  """Starts `python *args` in the repository root, sends `signum` once a stderr line holds
+  `running_marker` (or after 300 s), and waits: (exit status, the stderr after that line)."""
+  process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  for line in process.stderr:  # Wait until steps are running.
+    if running_marker in line or time.time() > deadline:
+      break
+  process.send_signal(signum)
+  _, rest = process.communicate(timeout=120)
+  return process.returncode, rest

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -98,18 +97,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
   workdir = tmp_path / "preempted"
-  process = subprocess.Popen(
-      [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
+  returncode, rest = faults.signal_once_running(
+      ["train.py", "--config=configs/demo.py", f"--workdir={workdir}",
        "--config.total_steps=100000", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=100000"],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  for line in process.stderr:  # Wait until steps are running.
-    if "train/loss" in line or time.time() > deadline:
-      break
-  process.send_signal(signal.SIGTERM)
-  _, rest = process.communicate(timeout=120)
-  assert process.returncode == entry.EXIT_PREEMPTED, rest[-3000:]
+       "--config.checkpoint_every_steps=100000"], "train/loss", signal.SIGTERM)
+  assert returncode == entry.EXIT_PREEMPTED, rest[-3000:]
   steps = os.listdir(workdir / "checkpoints")
   assert len(steps) == 1 and 0 < int(steps[0]) < 100000
   assert not os.path.exists(workdir / EXPORT_NAME)  # Not finished: nothing exported.

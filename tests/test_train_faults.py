@@ -62,18 +62,12 @@ def test_failed_checkpoint_write_exits_with_one_line_and_keeps_the_previous(tmp_
 
 def test_ctrl_c_saves_and_exits_with_the_preempted_status(tmp_path):
   workdir = tmp_path / "interrupted"
-  process = subprocess.Popen(
-      [sys.executable, "train.py", "--config=configs/demo.py", f"--workdir={workdir}",
+  returncode, rest = faults.signal_once_running(
+      ["train.py", "--config=configs/demo.py", f"--workdir={workdir}",
        "--config.total_steps=100000", "--config.log_every_steps=1",
-       "--config.checkpoint_every_steps=100000", "--config.batch_size=16"],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  for line in process.stderr:  # Wait until steps are running.
-    if "train/loss" in line or time.time() > deadline:
-      break
-  process.send_signal(signal.SIGINT)
-  _, rest = process.communicate(timeout=120)
-  assert process.returncode == entry.EXIT_PREEMPTED, rest[-3000:]
+       "--config.checkpoint_every_steps=100000", "--config.batch_size=16"], "train/loss",
+      signal.SIGINT)
+  assert returncode == entry.EXIT_PREEMPTED, rest[-3000:]
   assert "KeyboardInterrupt" not in rest and "Traceback" not in rest
   assert "SIGINT received: saved step" in rest and "Rerun the same command" in rest
   steps = os.listdir(workdir / "checkpoints")

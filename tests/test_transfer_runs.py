@@ -3,9 +3,6 @@ interrupted fine-tuning bitwise, SIGTERM, and refusing a workdir run under other
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -15,9 +12,7 @@ import tensorflow_datasets as tfds
 import input_pipeline
 from bit_jax import distributed, entry, finetune, models, npz, run_dir, transfer
 from bit_jax.errors import UserError
-from tests import tiny_configs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import faults, tiny_configs
 
 
 def _run_dirs(workdir):
@@ -115,19 +110,12 @@ def test_an_interrupted_finetuning_resumes_to_the_same_parameters(tmp_path, monk
 
 
 def test_sigterm_saves_the_finetuning_run_and_exits_143(tmp_path):
-  process = subprocess.Popen(
-      [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
-       f"--workdir={tmp_path}", "--config.init=", "--config.from_scratch_baseline=False",
-       "--config.shots=5", "--config.seeds=0", "--config.linear_eval=",
-       "--config.total_steps=100000", "--config.log_every_steps=1"],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  for line in process.stderr:  # Wait until steps are running.
-    if "fine-tune step 2/" in line or time.time() > deadline:
-      break
-  process.send_signal(signal.SIGTERM)
-  _, rest = process.communicate(timeout=120)
-  assert process.returncode == entry.EXIT_PREEMPTED, rest[-3000:]
+  returncode, rest = faults.signal_once_running(
+      ["transfer.py", "--config=configs/transfer.py:demo=True", f"--workdir={tmp_path}",
+       "--config.init=", "--config.from_scratch_baseline=False", "--config.shots=5",
+       "--config.seeds=0", "--config.linear_eval=", "--config.total_steps=100000",
+       "--config.log_every_steps=1"], "fine-tune step 2/", signal.SIGTERM)
+  assert returncode == entry.EXIT_PREEMPTED, rest[-3000:]
   assert "Rerun the same command to resume" in rest
   checkpoints = tmp_path / transfer.RUNS_DIR / "scratch-5shot-seed0" / "checkpoints"
   [step] = os.listdir(checkpoints)

@@ -14,17 +14,21 @@ backend, the residuals one micro-batch's forward pass keeps for its backward pas
 
 On a machine without an accelerator the CPU compiler's analysis is the proxy: the same
 program, but XLA:CPU computes bf16 convolutions in float32 (so bf16 rows are no smaller
-there) and its scheduler does not turn `remat` into a lower peak (the recomputation is
-there, the saving is not); the residuals column shows what both save on a backend that
-keeps them. The model is the plain one accelerators run (`kernels="plain"`), not the
-XLA:CPU-tuned kernels `bit_jax.cpu_kernels` would give it on CPU.
+there) and turns `remat` into a lower peak only in part (R152x4 fsdp: 10.35 -> 7.14 GiB;
+one device's fine-tuning step: not at all); the residuals column shows what both save on a
+backend that keeps them. Run as a script, it compiles with XLA:CPU's memory-minimizing
+(depth-first) schedule, as an accelerator schedules within its memory, not XLA:CPU's default
+breadth-first one, which keeps more alive for thread concurrency (`CPU_SCHEDULER_FLAG`; XLA's
+`xla/service/cpu/cpu_compiler.cc`, `CpuCompiler::CreateHloSchedule`). The model is the plain
+one accelerators run (`kernels="plain"`), not the XLA:CPU-tuned kernels `bit_jax.cpu_kernels`
+would give it on CPU.
 
 With `--upstream`, the pretraining step instead (`configs/bit_l.py` for R152x4: 18,291
 sigmoid classes; `configs/bit_m.py` for R50x1: 21,843), on a mesh of `--devices` simulated
 CPU devices (the script starts with 8), replicated and `fsdp` (`bit_jax.sharding`): the
 per-device peak of the partitioned program, beside the memory of TPU v3, TPU v4, H100 and
 H200 (nominal, per core or GPU), and the residuals of one device's batch (what `remat`
-shrinks on an accelerator; the CPU proxy's peak does not show that saving, see above):
+shrinks on an accelerator; the CPU proxy's peak shows part of that saving, see above):
 
   python benchmarks/memory.py --upstream   # R152x4 224 px 8/device, R50x1 224 px 128/device
 
@@ -56,6 +60,13 @@ UPSTREAM_SETTINGS = "bit_l:BiT-M-R152x4:8,bit_m:BiT-M-R50x1:128"
 UPSTREAM_CONFIGS = {"bit_l": bit_l.get_config, "bit_m": bit_m.get_config}
 BUDGETS_GIB = {"TPU v3": 16, "TPU v4": 32, "H100": 80, "H200": 141}  # Nominal, per device.
 SIMULATED_DEVICES = 8
+# How XLA:CPU orders the program decides how many buffers are alive at once. Its default
+# (breadth-first) orders independent ops for thread-level concurrency and keeps far more
+# alive than its depth-first memory scheduler (R152x4 fsdp, RESULTS.md: 15.70 vs 7.14 GiB
+# per device); accelerators schedule within their memory (XLA:GPU's latency-hiding scheduler
+# takes a memory limit), so run as a script, the proxy compiles depth-first unless XLA_FLAGS
+# sets this flag. XLA:CPU reads it from XLA_FLAGS only (not from `compile`'s options).
+CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,16 +109,38 @@ def compiled_memory(model_name: str, resolution: int, batch: int, num_classes: i
   step = train_step_lib.make_train_step(model, optimizer, losses.softmax_xent, schedule,
                                         accum_steps=accum_steps, mixup_alpha=0.1,
                                         rng=jax.random.key(0))
+  out = compiled_stats(jax.jit(step, donate_argnums=0).lower(state, batch_shapes))
+  out["params"] = _nbytes(params)
+  out["residuals"] = residual_bytes(model, params, batch // accum_steps, resolution, num_classes)
+  return out
+
+
+def compiled_stats(lowered: jax.stages.Lowered) -> dict[str, float]:
+  """Compiles `lowered`; XLA's memory analysis in bytes, the peak they add up to and the
+  compile time."""
   start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch_shapes).compile()
-  stats = compiled.memory_analysis()
+  stats = lowered.compile().memory_analysis()
   out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
          "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  out["params"] = _nbytes(params)
   out["compile_s"] = time.perf_counter() - start
-  out["residuals"] = residual_bytes(model, params, batch // accum_steps, resolution, num_classes)
   return out
+
+
+def cpu_scheduler(xla_flags: str | None = None) -> str:
+  """"memory" or "concurrency": the order XLA:CPU compiles in under `xla_flags` (default: the
+  XLA_FLAGS environment variable; the last setting of `CPU_SCHEDULER_FLAG` wins)."""
+  flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  concurrency = True  # XLA:CPU's default.
+  for flag in flags.split():
+    name, _, value = flag.partition("=")
+    if name == CPU_SCHEDULER_FLAG:
+      concurrency = value.lower() not in ("false", "0")
+  return "concurrency" if concurrency else "memory"
+
+
+def _schedule(device: jax.Device) -> str:
+  return cpu_scheduler() if device.platform == "cpu" else f"{device.platform}'s own"
 
 
 def _nbytes(tree) -> int:
@@ -170,19 +203,14 @@ def upstream_memory(config_name: str, model_name: str, resolution: int, batch_pe
                                                 sharding=batched)}
   step = train_step_lib.make_train_step(model, optimizer, losses.get_loss(config.loss),
                                         schedule)
-  start = time.perf_counter()
-  compiled = jax.jit(step, in_shardings=(state_shardings, batched),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0).lower(
-                         sharding.abstract(shapes, state_shardings), batch_shapes).compile()
-  stats = compiled.memory_analysis()
-  out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-         "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out = compiled_stats(
+      jax.jit(step, in_shardings=(state_shardings, batched),
+              out_shardings=(state_shardings, replicated), donate_argnums=0).lower(
+                  sharding.abstract(shapes, state_shardings), batch_shapes))
   out["state"] = _nbytes(shapes)
   out["state_per_device"] = sum(
       x.size * x.dtype.itemsize * math.prod(s.shard_shape(x.shape)) // max(1, x.size)
       for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(state_shardings)))
-  out["compile_s"] = time.perf_counter() - start
   out["num_classes"] = config.num_classes
   out["residuals"] = residual_bytes(model, params, batch_per_device, resolution,
                                     config.num_classes)
@@ -199,7 +227,7 @@ def main_upstream(args: argparse.Namespace) -> list[dict]:
   device = jax.devices()[0]
   print(f"resolution: {args.resolution}\ndevices: {args.devices} x "
         f"{device.platform}:{device.device_kind}\ndtype: {args.dtype}\n"
-        f"remat: {bool(args.remat)}")
+        f"remat: {bool(args.remat)}\nschedule: {_schedule(device)}")
   budgets = " | ".join(f"fits {name} ({gib} GiB)" for name, gib in BUDGETS_GIB.items())
   print(f"\n| model | classes | batch per device | sharding | state GiB per device | "
         f"arguments GiB | temp GiB | peak GiB per device | {budgets} | residuals GiB |\n"
@@ -237,7 +265,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return main_upstream(args)
   device = jax.devices()[0]
   print(f"model: {args.model}\nresolution: {args.resolution}\nbatch: {args.batch}\n"
-        f"device: {device.platform}:{device.device_kind}\nbudget_gib: {args.budget_gib:.1f}")
+        f"device: {device.platform}:{device.device_kind}\nbudget_gib: {args.budget_gib:.1f}\n"
+        f"schedule: {_schedule(device)}")
   rows = []
   print("\n| dtype | accum_steps (micro-batch) | remat | arguments GiB | outputs GiB | "
         "aliased GiB | temp GiB | peak GiB | fits | residuals GiB |\n"
@@ -263,6 +292,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  # Before any backend exists: the simulated devices --upstream partitions over.
+  # Before any backend exists: the simulated devices --upstream partitions over, and the
+  # memory-minimizing schedule (see CPU_SCHEDULER_FLAG) unless XLA_FLAGS chooses.
   jax.config.update("jax_num_cpu_devices", SIMULATED_DEVICES)
+  if CPU_SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_SCHEDULER_FLAG}=false"
   main()

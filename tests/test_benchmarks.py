@@ -82,6 +82,15 @@ def test_memory_upstream_compares_replicated_and_fsdp_per_device(capsys):
   assert fsdp["argument"] < replicated["argument"] and fsdp["peak"] < replicated["peak"]
 
 
+def test_memory_reads_xla_cpus_schedule_from_its_flags():
+  memory = _load("memory")
+  flag = memory.CPU_SCHEDULER_FLAG
+  assert memory.cpu_scheduler("") == "concurrency"  # XLA:CPU's default.
+  assert memory.cpu_scheduler(f"--xla_force_host_platform_device_count=8 {flag}=false") == (
+      "memory")
+  assert memory.cpu_scheduler(f"{flag}=false {flag}=true") == "concurrency"  # The last wins.
+
+
 def test_kernels_lists_the_plain_model_all_tuned_and_each_op_left_out():
   kernels = _load("kernels")
   ops = set(cpu_kernels.OPS)

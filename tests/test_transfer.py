@@ -111,7 +111,8 @@ def test_bad_input_ends_with_one_line_and_a_nonzero_exit(tmp_path, args, message
     assert "not_a_dataset" in last
 
 
-def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_path):
+def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, optimized_env,
+                                                                 tmp_path):
   """The offline BiT story: the demo's checkpoint, fine-tuned on images it never saw.
 
   The demo config itself (HyperRule lr, 100 steps) on one seed, from the shortened demo
@@ -122,7 +123,7 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, tmp_
   done = subprocess.run(
       [sys.executable, "transfer.py", "--config=configs/transfer.py:demo=True",
        f"--workdir={tmp_path}", f"--config.init={pretrain_dir}", "--config.seeds=0"],
-      cwd=ROOT, capture_output=True, text=True, timeout=900)
+      cwd=ROOT, env=optimized_env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   table = done.stdout.strip().splitlines()
   assert table[0].split() == ["evaluation", "init", "shots", "seeds", "top-1", "%", "ECE"]

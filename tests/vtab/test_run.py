@@ -109,11 +109,8 @@ def end_to_end(tmp_path_factory):
   npz.save(finetune.init_params(model, jax.random.key(0), 32), tmp / "pretrained.npz")
   args = ["run", f"--config={CONFIG}:model={SMALLEST},init={tmp / 'pretrained.npz'}", *TINY,
           f"--workdir={tmp / 'work'}"]
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
-         # Compiling dominates: without XLA's CPU optimizations it takes ~40% less time,
-         # and nothing this test looks at changes.
-         "XLA_FLAGS": "--xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true"}
+  # Compiling dominates: XLA_FLAGS (tests/conftest.py) leave out XLA's CPU optimizations.
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
   done = subprocess.run([sys.executable, __file__, str(tmp / "mock"), *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=900, check=False)
   return args, done, tmp / "work"

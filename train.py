@@ -5,7 +5,7 @@ Thin on purpose: flags in, one library call (`bit_jax.train.train_and_evaluate`)
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from bit_jax import entry

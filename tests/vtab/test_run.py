@@ -24,7 +24,6 @@ from bit_jax import atomic_files, finetune, models, npz, run_dir
 from bit_jax.errors import UserError
 from bit_jax.vtab import __main__ as cli
 from bit_jax.vtab import registry
-from bit_jax.vtab import run as vtab_run
 
 ROOT = pathlib.Path(__file__).parents[2]
 CONFIG = ROOT / "configs" / "vtab.py"

@@ -10,8 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline
-from bit_jax import distributed, entry, finetune, models, npz, run_dir, transfer
-from bit_jax.errors import UserError
+from bit_jax import (checkpointing, distributed, entry, finetune, models, npz, run_dir,
+                     transfer)
+from bit_jax.errors import NonFiniteLossError, UserError
 from tests import faults, tiny_configs
 
 
@@ -121,3 +122,26 @@ def test_sigterm_saves_the_finetuning_run_and_exits_143(tmp_path):
   [step] = os.listdir(checkpoints)
   assert int(step) >= 2
   assert not run_dir.is_run(checkpoints.parent)  # Not finished: no model card.
+
+
+def test_a_diverging_finetuning_stops_with_one_line_and_never_saves_the_diverged_state(
+    tmp_path):
+  config = tiny_configs.transfer(total_steps=8, checkpoint_every_steps=1, base_lr=1e30)
+  checkpoints = tmp_path / "checkpoints"
+  with tfds.testing.mock_data(num_examples=40):
+    plan = finetune.make_plan(config, 40, None)
+    model = models.get_model("tiny-R14", num_classes=10)
+    params = finetune.init_params(model, jax.random.key(0), plan.crop)
+    with pytest.raises(NonFiniteLossError) as raised:
+      finetune.train(model, params, input_pipeline.get_source("cifar10"), "train", 10, plan,
+                     seed=0, mesh=distributed.data_mesh(), checkpoint_dir=str(checkpoints))
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith("fine-tuning diverged: loss ")
+  step = int(message.split(" at step ")[1].split(";")[0])
+  assert 1 < step < 8, message
+  # Every step until then was saved; the one kept is the last finite one, and says so.
+  assert os.listdir(checkpoints) == [str(step - 1)]
+  assert (f"the last checkpoint (step {step - 1}) in {checkpoints} is untouched; lower "
+          "--config.base_lr") in message
+  kept = checkpointing.Checkpointer(str(checkpoints), read_only=True).restore()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(kept["params"]))

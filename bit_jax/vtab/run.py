@@ -59,7 +59,7 @@ import input_pipeline
 from input_pipeline import derived
 from bit_jax import (atomic_files, checkpointing, distributed, finetune, models, pretrained,
                      run_dir)
-from bit_jax.errors import UserError
+from bit_jax.errors import NonFiniteLossError, UserError
 from bit_jax.vtab import protocols, registry, report
 
 PROTOCOLS = tuple(protocols.PROTOCOLS)
@@ -301,7 +301,7 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path, grid, plan_fo
     if record is None:
       try:
         record = job.finetune("train800", "val200", seed, plan_for(lr, steps, "train800"))
-      except UserError as e:  # E.g. diverged at a high learning rate: not a choice.
+      except NonFiniteLossError as e:  # Diverged at a high learning rate: not a choice.
         logging.warning("VTAB %s, seed %d: candidate lr %g, %d steps failed: %s",
                         job.task.name, seed, lr, steps, e)
         errors.append(str(e))
@@ -309,7 +309,8 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path, grid, plan_fo
       atomic_files.write_json(path, {**record, "steps": steps})
     candidates.append({"base_lr": lr, "steps": steps, "val200_top1": record["top1"]})
   if not candidates:
-    raise UserError(f"every sweep candidate failed; the first: {errors[0]}")
+    raise NonFiniteLossError(f"every sweep candidate diverged (lower --config.sweep_lrs); "
+                             f"the first: {errors[0]}")
   best = max(candidates, key=lambda c: c["val200_top1"])  # The first of equals.
   final = job.finetune("train800val200", "test", seed,
                        plan_for(best["base_lr"], best["steps"], "train800val200"),

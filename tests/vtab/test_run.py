@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 import input_pipeline
 from bit_jax import atomic_files, finetune, models, npz, run_dir
-from bit_jax.errors import UserError
+from bit_jax.errors import NonFiniteLossError
 from bit_jax.vtab import __main__ as cli
 from bit_jax.vtab import registry
 
@@ -235,7 +235,8 @@ def _sweep_score(call):
   if call["eval"] == registry.get("cifar100").splits["test"]:
     return TEST_TOP1 + 0.01 * call["seed"]
   if (call["lr"], call["steps"]) not in VAL_TOP1:
-    raise UserError("fine-tuning diverged (loss nan at step 3); lower --config.base_lr")
+    raise NonFiniteLossError("fine-tuning diverged: loss nan (parameter norm nan) at "
+                             "step 3; nothing was saved; lower --config.base_lr")
   return VAL_TOP1[call["lr"], call["steps"]]
 
 
@@ -273,6 +274,21 @@ def test_hyperrule_sweep_retrains_the_best_validation_candidate(fake_run, tmp_pa
   again = FakeFinetune(score=_sweep_score)
   assert fake_run(again, *sweep) == 0
   assert [(c["seed"], c["lr"], c["steps"]) for c in again.calls] == [(1, 0.1, 4), (1, 0.01, 4)]
+
+
+def test_a_sweep_whose_every_candidate_diverges_fails_its_task(fake_run, tmp_path, caplog):
+  def diverges(call):
+    raise NonFiniteLossError("fine-tuning diverged: loss nan (parameter norm nan) at step "
+                             f"2; nothing was saved; lower --config.base_lr ({call['lr']})")
+  fake = FakeFinetune(score=diverges)
+  assert fake_run(fake, "--config.protocol=hyperrule_sweep", "--config.sweep_lrs=0.1,1",
+                  "--config.sweep_steps=2", "--config.tasks=cifar100",
+                  "--config.total_steps=0") == 1
+  assert [c["lr"] for c in fake.calls] == [0.1, 1]  # No final run: nothing to choose.
+  [logged] = [r.getMessage() for r in caplog.records if "VTAB task" in r.getMessage()]
+  assert ("every sweep candidate diverged (lower --config.sweep_lrs); the first: fine-tuning "
+          "diverged: loss nan") in logged and "(0.1)" in logged
+  assert json.loads((tmp_path / "work" / "results.json").read_text()) == {"cifar100": None}
 
 
 # --- VTAB's lightweight sweep ---------------------------------------------------------------

@@ -15,8 +15,9 @@ from jax.sharding import PartitionSpec as P
 import input_pipeline
 from bit_jax import (checkpointing, distributed, errors, finetune, losses, models, npz, optim,
                      sharding, train, train_step as train_step_lib)
-from configs import common, demo
+from configs import common
 from configs import transfer as transfer_config
+from tests import tiny_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_SIZE = 4096  # Small enough that tiny-R14's larger kernels are sharded, not its norms.
@@ -217,13 +218,11 @@ def _relative_error(actual, expected):
 
 
 def _tiny_config(**overrides):
-  """The demo config, 32 px tiny-R14, a few steps; only the held-out evaluator, on 32
+  """The tests' tiny upstream run, saving every 2 steps; only the held-out evaluator, on 32
   images."""
-  config = demo.get_config()
-  config.update(dict(batch_size=16, eval_batch_size=16, shuffle_buffer=64, warmup_steps=2,
-                     log_every_steps=1, eval_every_steps=1000, eval_split="test[:32]",
-                     checkpoint_every_steps=2, keep_checkpoints=5, async_checkpoints=False,
-                     fsdp_min_size=MIN_SIZE))
+  config = tiny_configs.upstream(eval_split="test[:32]", checkpoint_every_steps=2,
+                                 keep_checkpoints=5, async_checkpoints=False,
+                                 fsdp_min_size=MIN_SIZE)
   config.evals.fewshot.enabled = False
   config.evals.eval.enabled = False  # Evaluators replicate the params: tests/test_multihost.
   config.update(overrides)

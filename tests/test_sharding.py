@@ -74,9 +74,9 @@ def _state_and_step(mode, mesh, *, accum_steps=2, mixup_alpha=0.1, pin_standardi
   tiny-R14 as accelerators run it (plain kernels), with remat, the upstream optimizer
   (SGD momentum, coupled weight decay), gradient accumulation and MixUp.
 
-  `pin_standardized` lays the standardized kernels out by the fsdp rule whatever `mode` is
-  (through the model's weight-standardization seam), so that XLA computes the
-  standardization the same way in both modes."""
+  `pin_standardized` fixes how XLA computes the weight standardization, whatever `mode` is
+  (through the model's weight-standardization seam): from whole kernels, into kernels laid
+  out by the fsdp rule."""
   model = models.get_model("tiny-R14", num_classes=4, remat=True, kernels="plain")
   if pin_standardized:
     def layout(tree, rule):

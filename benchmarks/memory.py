@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 if __name__ == "__main__":
   # Before any backend exists: the simulated devices --upstream partitions over, and the
   # memory-minimizing schedule (see CPU_SCHEDULER_FLAG) unless XLA_FLAGS chooses.
-  jax.config.update("jax_num_cpu_devices", SIMULATED_DEVICES)
+  jax.config.update("jax_num_cpu_devices", max(SIMULATED_DEVICES, parse_args().devices))
   if CPU_SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_SCHEDULER_FLAG}=false"
   main()

@@ -18,7 +18,8 @@ class UserError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+  """The loss, or the parameters after an update, became NaN or Inf; the last good
+  checkpoint is left as it was."""
 
 
 class CheckpointError(RuntimeError):

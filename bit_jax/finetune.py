@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -20,11 +19,11 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (calibration, checkpointing, distributed, features, freezing, hyperrule,
-                     losses, models, preemption, run_dir)
+from bit_jax import (calibration, checkpointing, distributed, divergence, features, freezing,
+                     hyperrule, losses, models, preemption, run_dir)
 from bit_jax import sharding as sharding_lib
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import EXIT_PREEMPTED, NonFiniteLossError, Preempted, UserError
+from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
 
 # The network downsamples by 32: a smaller crop leaves block4 nothing to see.
 MIN_CROP = 32
@@ -152,15 +151,12 @@ def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
       save = checkpointer is not None and step < total and (
           stop or (plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0))
       if log or save:  # A diverged state is never saved.
-        loss, param_norm = (float(step_metrics[k]) for k in ("loss", "param_norm"))
+        host_metrics = jax.device_get(step_metrics)  # One host transfer.
         if log:
-          logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total, loss,
-                       float(step_metrics["learning_rate"]))
-        # The loss is that of the parameters before this step's update; the norm, after.
-        if not (math.isfinite(loss) and math.isfinite(param_norm)):
-          raise NonFiniteLossError(
-              f"fine-tuning diverged: loss {loss} (parameter norm {param_norm}) at step "
-              f"{step}; {_kept(checkpointer)}; lower --config.base_lr")
+          logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total,
+                       float(host_metrics["loss"]), float(host_metrics["learning_rate"]))
+        divergence.check(host_metrics, step, checkpointer, start, run="fine-tuning",
+                         remedy="lower --config.base_lr")
       if save:
         checkpointer.save(step, state)
       if stop and save:  # The write finishes in `close` below, before the process exits.
@@ -175,17 +171,6 @@ def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
     if checkpointer:  # Also after an error: a write in flight finishes whole.
       checkpointer.close()
   return sharding_lib.replicate(state.params, mesh)  # fsdp: gathered, by every process.
-
-
-def _kept(checkpointer: checkpointing.Checkpointer | None) -> str:
-  """What a diverged run leaves behind, for its error line."""
-  if checkpointer is None:
-    return "nothing was saved"
-  checkpointer.wait()  # A save in flight finishes whole.
-  latest = checkpointer.latest_step()
-  if latest is None:
-    return f"no checkpoint was written to {checkpointer.directory}"
-  return f"the last checkpoint (step {latest}) in {checkpointer.directory} is untouched"
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,17 +17,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (checkpointing, distributed, host_allocator, losses, models, npz,
+from bit_jax import (checkpointing, distributed, divergence, host_allocator, losses, models, npz,
                      optim, preemption, pretrained, run_settings, sharding)
 from bit_jax import train_step as train_step_lib
 from bit_jax.evaluators import Evaluators
-from bit_jax.errors import EXIT_PREEMPTED, NonFiniteLossError, Preempted, UserError
+from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -112,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if log or save:
       # One host transfer per such step; a diverged state is never logged on or saved.
       host_metrics = jax.device_get(step_metrics)
-      _check_finite(host_metrics, step, checkpointer, start_step)
+      divergence.check(host_metrics, step, checkpointer, start_step, run="training",
+                       remedy="lower the learning rate or check the input")
     if log:
       scalars = {f"train/{k}": float(v) for k, v in host_metrics.items()}
       elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
@@ -239,27 +239,6 @@ def _check_writable(workdir: str) -> None:
 
 def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return config.total_steps or math.ceil(config.total_epochs * num_train / config.batch_size)
-
-
-def _check_finite(step_metrics: dict[str, np.ndarray], step: int,
-                  checkpointer: checkpointing.Checkpointer, start_step: int) -> None:
-  """Stops on a NaN/Inf loss, or on parameters an exploding update made non-finite."""
-  loss, param_norm = (float(step_metrics[k]) for k in ("loss", "param_norm"))
-  if not (np.isfinite(loss) and np.isfinite(param_norm)):
-    checkpointer.wait()  # Let a save in flight finish, so the last good one stays whole.
-    latest = checkpointer.latest_step()
-    if latest is None:
-      kept = "No checkpoint was written"
-    elif latest > start_step:  # Saved by this run, after the same check passed.
-      kept = (f"The last good checkpoint (step {latest}) in {checkpointer.directory} is "
-              "untouched")
-    else:  # Loaded finite, but only the next steps could show that it was sound.
-      kept = (f"The checkpoint (step {latest}) in {checkpointer.directory} that this run "
-              "resumed from is untouched (it loaded finite and as saved; if a rerun diverges "
-              "right after it again, move it aside to resume from an earlier one)")
-    raise NonFiniteLossError(
-        f"loss is {loss} (parameter norm {param_norm}) at step {step}; stopping. {kept}; "
-        "lower the learning rate or check the input.")
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

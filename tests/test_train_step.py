@@ -126,5 +126,8 @@ def test_weight_standardization_once_per_step_equals_it_inside_the_model():
   new_state, step_metrics = jax.jit(step_fn)(state, batch)
   hoisted_grads = new_state.opt_state.trace
   np.testing.assert_allclose(step_metrics["loss"], plain_loss, rtol=1e-6)
-  _assert_trees_close(hoisted_grads, plain_grads, rtol=1e-4)
+  # To each leaf's scale: small gradient elements are sums that cancel, so another program's
+  # rounding moves them relatively far (seen: 5e-6 of the scale). Without the standardization's
+  # backward pass every kernel's gradient is off by more than 0.7 of its scale.
+  _assert_trees_close_to_scale(hoisted_grads, plain_grads, rtol=1e-4)
   assert float(optax.global_norm(plain_grads["block2"])) > 0  # The backbone is in it.

@@ -32,7 +32,6 @@ def _free_port() -> int:
 def _start_processes(tmp_path):
   port = _free_port()
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
   outs = [tmp_path / f"process{i}.npz" for i in range(NUM_PROCESSES)]
   procs = [subprocess.Popen(
       [sys.executable, WORKER, str(i), str(NUM_PROCESSES), str(port), str(LOCAL_DEVICES),
@@ -139,7 +138,6 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   port, workdir = _free_port(), str(tmp_path / "workdir")  # One workdir: a shared file system.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
   procs = [subprocess.Popen(
       [sys.executable, "-c", _PREEMPTED_PROCESS.format(
           root=root, process_id=i, port=port, workdir=workdir)],

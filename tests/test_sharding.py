@@ -286,7 +286,6 @@ def test_a_checkpoint_from_8_devices_resumes_on_4_and_on_1(tmp_path):
   shutil.rmtree(os.path.join(workdir, checkpointing.CHECKPOINT_DIR, "4"))
   os.remove(os.path.join(workdir, checkpointing.EXPORT_NAME))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
   code = _RESUMED_RUN.format(root=ROOT, devices=4, total_steps=4, mode="fsdp",
                              workdir=workdir, out=str(tmp_path / "restored4.npz"),
                              straight=straight, exported=str(tmp_path / "exported4.npz"))

@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 demo: $(VENV)/.installed
 	$(RUN) train.py --config=configs/demo.py --workdir=workdir/demo
 
-# Two workers, each test file on one (its fixtures set up once); on 2 cores a third worker
-# made the run slower (18.9 against 16.4 min).
+# Two workers, each test file on one (its fixtures set up once), the longest files first
+# (tests/conftest.py); on 2 cores a third worker made the run slower (18.9 against 16.4 min).
 test: $(VENV)/.installed
-	$(RUN) -m pytest -n 2 --dist loadfile --durations=15
+	$(RUN) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15

@@ -53,23 +53,6 @@ def _run_train_py(workdir, *overrides, timeout=600):
        *overrides], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_learns_on_the_embedded_data(demo_run):
-  workdir, done = demo_run
-  assert done.returncode == 0, done.stderr[-3000:]
-  scalars = _scalars(workdir)
-  losses = scalars["train/loss"]
-  last = max(losses)
-  assert last == DEMO_STEPS and losses[last] < 0.5 * losses[50]
-  assert scalars["eval/top1"][last] > 0.6  # 10 balanced classes: chance is 0.1.
-  # The few-shot evaluator (every 150 steps) watches transfer to unseen images improve.
-  fewshot = scalars["fewshot/bit_farm_animals_10shot"]
-  assert sorted(fewshot) == [150, 300] and fewshot[300] > fewshot[150]
-  # Every checkpoint_every_steps (200), and the last step.
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["200", str(last)]
-  exported = npz.load(os.path.join(workdir, EXPORT_NAME))
-  assert exported["head"]["kernel"].shape == (1024, 10)
-
-
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   # With an evaluator running before and after the kill: evaluation never changes training.
   overrides = dict(total_steps=8, checkpoint_every_steps=4, log_every_steps=4,
@@ -148,3 +131,22 @@ def test_bad_config_argument_and_model_fail_with_one_line(tmp_path):
   assert bad_model.returncode == entry.EXIT_BAD_INPUT
   assert bad_model.stderr.strip().splitlines()[-1].startswith(
       "error: unknown model 'R50'; valid models: BiT-S-R50x1")
+
+
+# Last in this file: tests/test_transfer.py, which starts beside it (conftest.LONGEST_FILES),
+# reaches the shared demo run first and runs it; this file would otherwise wait for it idle.
+def test_demo_learns_on_the_embedded_data(demo_run):
+  workdir, done = demo_run
+  assert done.returncode == 0, done.stderr[-3000:]
+  scalars = _scalars(workdir)
+  losses = scalars["train/loss"]
+  last = max(losses)
+  assert last == DEMO_STEPS and losses[last] < 0.5 * losses[50]
+  assert scalars["eval/top1"][last] > 0.6  # 10 balanced classes: chance is 0.1.
+  # The few-shot evaluator (every 150 steps) watches transfer to unseen images improve.
+  fewshot = scalars["fewshot/bit_farm_animals_10shot"]
+  assert sorted(fewshot) == [150, 300] and fewshot[300] > fewshot[150]
+  # Every checkpoint_every_steps (200), and the last step.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["200", str(last)]
+  exported = npz.load(os.path.join(workdir, EXPORT_NAME))
+  assert exported["head"]["kernel"].shape == (1024, 10)

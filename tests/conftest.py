@@ -15,9 +15,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Most tests compile more than they run (tiny models, a few steps), and XLA:CPU compiles
 # faster without LLVM's optimizations (test_models 148 -> 100 s) and with its older fusion
 # emitters (tiny-R14's train step: 2.7-3.1 -> 0.8-1.1 s to compile; the suite 15:01 -> 13:01).
-# Both change rounding, not results. Read when the backend starts, and inherited by the
-# processes tests start; the long runs (the demo's pretraining and transfer: 3-4x slower
-# unoptimized) take `optimized_env`, the compiler users run.
+# Both change only the rounding (test_train_step's hoisting test saw it). Read when the
+# backend starts, and inherited by the processes tests start; the long runs (the demo's
+# pretraining and transfer: 3-4x slower unoptimized) take `optimized_env`, the compiler users
+# run.
 COMPILE_FAST = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *COMPILE_FAST]).strip()
 

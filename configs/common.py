@@ -46,7 +46,7 @@ def upstream_config() -> ml_collections.ConfigDict:
   c.image_size = 224  # Training crop; also the init shape.
 
   c.dataset = "imagenet2012"  # A TFDS name (or `folder:/path`, or an embedded dataset).
-  c.data_dir = None  # TFDS data_dir; None is TFDS's default.
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS's default.
   c.train_split = "train"  # Split strings may slice and add: `train[:99%]+validation`.
   c.eval_split = "validation"  # Held-out split for top-1/top-5.
   c.num_train_examples = 0  # 0: from TFDS metadata. Set it where metadata is missing.

@@ -39,6 +39,7 @@ LONGEST_FILES = ("test_transfer.py", "test_train.py", "test_train_faults.py",
                  "test_transfer_runs.py", "test_sharding.py", "test_multihost.py",
                  "test_models.py", "test_notebook.py", "test_benchmarks.py", "vtab/test_run.py",
                  "test_export.py", "test_checkpointing.py", "test_train_step.py",
+                 "test_benchmark_accelerator.py", "input_pipeline/test_tfds_preparation.py",
                  "test_evaluate.py")
 
 

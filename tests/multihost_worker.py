@@ -1,15 +1,16 @@
-"""One process of the multi-host test (tests/test_multihost.py), or its single-process twin.
+"""One process of the multi-host test (tests/test_multihost.py), or the one-process reference.
 
-  python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT LOCAL_DEVICES OUT.npz
+  python tests/multihost_worker.py OUT.npz PROCESS_ID NUM_PROCESSES PORT
+  python tests/multihost_worker.py OUT.npz
 
-joins `jax.distributed` on localhost:PORT with LOCAL_DEVICES CPU devices and gloo
-collectives, trains tiny-R14 for `STEPS` steps on a global batch sharded over the devices of
-every process (each process feeds only its own rows, as the input pipeline does), and
-writes the final parameters and losses as this process sees them, and whether it would stop
-when only process 1 was sent SIGTERM (`distributed.on_any_process`). Then one more step from
-the same start with `sharding=fsdp`: the large leaves of the state are split over the devices
-of both processes, and the parameters are gathered back as the evaluators do (`device_put`
-to a replicated sharding).
+The first joins `jax.distributed` on localhost:PORT with gloo collectives and trains tiny-R14
+for `STEPS` steps on a global batch sharded over one device of every process (each process
+feeds only its own rows, as the input pipeline does); the second trains the same global
+batches over two devices of one process. Each writes the final parameters and losses as its
+process sees them, and a joined process whether it would stop when only process 1 was sent
+SIGTERM (`distributed.on_any_process`). Then one more step from the same start with
+`sharding=fsdp`: the large leaves of the state are split over the two devices, and the
+parameters are gathered back as the evaluators do (`device_put` to a replicated sharding).
 """
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ IMAGE_SIZE = 32
 NUM_CLASSES = 4
 ACCUM_STEPS = 2
 FSDP_MIN_SIZE = 4096  # Elements: tiny-R14's larger kernels are split, its norms are not.
+# Every process, the reference's too, has 2 CPU devices and computes on 2 (one per process
+# when joined), so all of them run one compiled program the same way, bit for bit:
+# - XLA:CPU's intra-op thread pool has max(CPU cores, local devices) threads, and Eigen splits
+#   a long contraction (a conv's weight gradient over batch x pixels) into partial sums by
+#   the pool's size: equal local devices, equal pools, the same order of additions.
+# - The gradients' all-reduce then adds two partial sums, and a + b == b + a in float32, so
+#   gloo's ring across the processes and XLA's in-process all-reduce agree exactly. With 4
+#   devices they add 4 terms in different orders, a difference several steps then grow.
+LOCAL_DEVICES = 2
+MESH_DEVICES = 2
 
 
 def global_batch(step: int) -> dict[str, np.ndarray]:
@@ -70,8 +81,7 @@ def train(devices, mode: str = "replicated", steps: int = STEPS
   mesh = Mesh(np.array(devices), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
-  # Small enough that the loss does not blow up: a diverging run amplifies the rounding of
-  # the processes' different summation orders beyond any tolerance.
+  # Small enough that the loss stays finite over the steps.
   schedule = lambda step: 0.02
   optimizer = optax.chain(optax.trace(0.9), optax.scale_by_learning_rate(schedule))
   shapes = jax.eval_shape(lambda: train_step_lib.create_train_state(
@@ -81,7 +91,10 @@ def train(devices, mode: str = "replicated", steps: int = STEPS
   host_state = initial_state(shapes)
   # Each process passes the same host values; each device keeps its part.
   state = jax.device_put(host_state, state_shardings)
-  split = sum(not leaf.is_fully_addressable for leaf in jax.tree.leaves(state))
+  # Replicated over devices of both processes is not fully addressable either, but each
+  # process holds it whole.
+  split = sum(not (leaf.is_fully_addressable or leaf.is_fully_replicated)
+              for leaf in jax.tree.leaves(state))
   step_fn = train_step_lib.make_train_step(model, optimizer, losses.softmax_xent, schedule,
                                            accum_steps=ACCUM_STEPS)
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharded),
@@ -107,29 +120,39 @@ def train(devices, mode: str = "replicated", steps: int = STEPS
 
 
 def main(argv: list[str]) -> None:
-  process_id, num_processes, port, local_devices = (int(a) for a in argv[1:5])
-  out_path = argv[5]
+  out_path = argv[1]
+  joined = len(argv) > 2
   import jax  # pylint: disable=import-outside-toplevel
   # Before any backend exists: this process's CPU devices and CPU collectives across hosts.
-  jax.config.update("jax_num_cpu_devices", local_devices)
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=f"localhost:{port}",
-                             num_processes=num_processes, process_id=process_id,
-                             initialization_timeout=60, heartbeat_timeout_seconds=30,
-                             shutdown_timeout_seconds=30)
-  assert jax.process_count() == num_processes
-  assert jax.device_count() == num_processes * local_devices
-  _, flat, step_losses, _ = train(jax.devices())
-  _, fsdp_flat, fsdp_losses, fsdp_split = train(jax.devices(), "fsdp", steps=1)
-  from bit_jax import distributed  # pylint: disable=import-outside-toplevel
-  # As after a SIGTERM that reached only process 1, then none: every process must agree.
-  stop_votes = [distributed.on_any_process(process_id == 1), distributed.on_any_process(False)]
-  np.savez(out_path, losses=np.array(step_losses), stop_votes=np.array(stop_votes),
-           process_count=jax.process_count(), device_count=jax.device_count(),
-           fsdp_losses=np.array(fsdp_losses), fsdp_split=fsdp_split,
-           **{f"params/{k}": v for k, v in flat.items()},
-           **{f"fsdp/{k}": v for k, v in fsdp_flat.items()})
-  jax.distributed.shutdown()
+  jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
+  if joined:
+    process_id, num_processes, port = (int(a) for a in argv[2:5])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}",
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=60, heartbeat_timeout_seconds=30,
+                               shutdown_timeout_seconds=30)
+    assert jax.process_count() == num_processes == MESH_DEVICES
+    devices = [next(d for d in jax.devices() if d.process_index == p)
+               for p in range(num_processes)]
+  else:
+    devices = jax.devices()[:MESH_DEVICES]
+  initial, flat, step_losses, split = train(devices)
+  _, fsdp_flat, fsdp_losses, fsdp_split = train(devices, "fsdp", steps=1)
+  results = dict(losses=np.array(step_losses), split=split, fsdp_losses=np.array(fsdp_losses),
+                 fsdp_split=fsdp_split, process_count=jax.process_count(),
+                 device_count=jax.device_count(),
+                 **{f"initial/{k}": v for k, v in initial.items()},
+                 **{f"params/{k}": v for k, v in flat.items()},
+                 **{f"fsdp/{k}": v for k, v in fsdp_flat.items()})
+  if joined:
+    from bit_jax import distributed  # pylint: disable=import-outside-toplevel
+    # As after a SIGTERM that reached only process 1, then none: every process must agree.
+    results["stop_votes"] = np.array([distributed.on_any_process(process_id == 1),
+                                      distributed.on_any_process(False)])
+  np.savez(out_path, **results)
+  if joined:
+    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

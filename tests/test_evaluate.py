@@ -1,10 +1,12 @@
 """bit_jax.evaluate: the robustness suite end to end on TFDS mock data and an ObjectNet-like
 folder, over every checkpoint of a run; a rerun skips what is done; bad inputs exit 2."""
 import json
+import logging
 import os
 import subprocess
 import sys
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -97,7 +99,9 @@ def test_suite_end_to_end_on_every_checkpoint_and_rerun_skips(run_with_checkpoin
   assert os.path.exists(tmp_path / "eval" / "curves" / "objectnet_top5.png")
 
   # Rerun: both checkpoints are done, so nothing is evaluated (no dataset is even needed).
-  caplog.set_level("INFO")
+  # The level of absl's own logger, not the root's: code run before in this process may have
+  # set it (tf.saved_model.save leaves it at WARNING).
+  caplog.set_level(logging.INFO, logger=absl_logging.get_absl_logger().name)
   again = evaluate.evaluate(config, run_with_checkpoints, out, every_checkpoint=True)
   assert again == results
   assert sum("evaluated before, skipped" in r.getMessage() for r in caplog.records) == 2

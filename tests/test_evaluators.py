@@ -45,10 +45,12 @@ def test_classification_counts_top1_top5_loss_and_ece():
   assert sums["top1"] == 2  # Examples 0 and 2; 1 predicts class 1.
   assert sums["top5"] == 3  # k = 3 classes: every label is in the top 3.
   onehot = np.eye(3)[labels[:3]]
+  # Three float32 losses (<= 3.3) summed in another order: within 2 ulps (2.4e-7) of the sum.
   np.testing.assert_allclose(
       sums["loss"], np.sum(losses.softmax_xent(jnp.asarray(logits[:3]), jnp.asarray(onehot))),
       rtol=1e-6)
   probs = calibration.softmax(logits[:3])
+  # The step's float32 bin sums against float64: a few float32 ulps (measured 1.4e-8 relative).
   np.testing.assert_allclose(classification.ece(sums),
                              calibration.expected_calibration_error(probs, labels[:3]),
                              rtol=1e-5)
@@ -108,6 +110,7 @@ def test_fewshot_equals_ridge_fewshot_accuracy_on_the_same_features():
     expected = np.mean([fewshot_lib.ridge_fewshot_accuracy(
         train_x[idx], train_y[idx], test_x, test_y, 4)
         for idx in (fewshot_lib.select_few_shot(train_y, k, seed) for seed in (0, 1))])
+    # Means of accuracies (multiples of 1/20) from the same float64 arithmetic.
     assert got[f"toy_{k}shot"] == pytest.approx(expected, abs=1e-12)
 
 
@@ -237,4 +240,7 @@ def test_loop_runs_each_evaluator_at_its_steps_and_survives_a_failing_one(tmp_pa
   idx = fewshot_lib.select_few_shot(train_y, 2, seed=0)
   expected = fewshot_lib.ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y,
                                                 int(max(train_y.max(), test_y.max())) + 1)
+  # An accuracy over 16 examples, a multiple of 1/16: the same predictions. The features come
+  # from another program (the mesh's, not 1 device's), which could flip a prediction only for
+  # a test example within float32 rounding of a decision boundary.
   assert scalars["fewshot/bit_digits_2shot"][4] == pytest.approx(expected, abs=1e-6)

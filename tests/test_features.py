@@ -37,6 +37,8 @@ def test_extract_gives_each_example_its_own_outputs_in_order(run, dataset, mesh)
   examples = [pp(example) for example in source.read("train")]
   logits, out = jax.jit(model.apply)({"params": params},
                                      np.stack([e["image"] for e in examples]))
+  # 1 or 2 examples per device against 9 on one: other conv kernels, measured 1.3e-5 at
+  # values up to 5.8 (<= 0.09 of this tolerance).
   np.testing.assert_allclose(got["pre_logits"], out["pre_logits"], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-4)
   assert got["labels"].dtype == np.int64  # One-hot labels become their argmax.
@@ -61,6 +63,8 @@ def test_command_writes_block3_and_pre_logits_from_a_run_or_an_npz(run, dataset,
                                str(tmp_path / "npz.npz"), model_name="tiny-R14",
                                resolution=CROP, batch_size=BATCH)
   assert sorted(from_npz) == ["labels", "pre_logits"]
+  # Equal here: the same backbone program. The tolerance leaves XLA free to compile the two
+  # (with and without the head) differently: 3x the rounding above (3.5e-6 relative).
   np.testing.assert_allclose(from_npz["pre_logits"], from_run["pre_logits"], rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_array_equal(from_npz["labels"], from_run["labels"])

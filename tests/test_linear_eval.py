@@ -33,6 +33,8 @@ def test_c_is_one_over_wd_on_the_summed_loss(wd):
   probe.fit(x, y, wd)
   ours = calibration.softmax(probe.logits(x))
   ref = LogisticRegression(C=1.0 / wd, max_iter=10_000, tol=1e-10).fit(x, y)
+  # Converged float64 optimizers: equal to sklearn's here, 1.1e-7 from the direct minimiser
+  # below. C off by the 45 examples (the mean loss) moves a probability by 3e-2 to 0.5.
   np.testing.assert_allclose(ours, ref.predict_proba(x), atol=1e-3)
 
   d, k = x.shape[1], 3
@@ -105,8 +107,13 @@ def test_ericsson_linear_voc07_map_on_multi_hot_labels():
 def test_split_validation_is_ericssons_seed_0_shuffle():
   train, val = linear_eval.split_validation(90)
   indices = list(range(90))
-  np.random.seed(0)
-  np.random.shuffle(indices)
+  # Ericsson's code as written, on numpy's global generator; its state is put back after.
+  state = np.random.get_state()
+  try:
+    np.random.seed(0)
+    np.random.shuffle(indices)
+  finally:
+    np.random.set_state(state)
   np.testing.assert_array_equal(val, np.sort(indices[:18]))
   np.testing.assert_array_equal(train, np.sort(indices[18:]))
 

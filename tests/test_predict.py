@@ -83,6 +83,7 @@ def test_csv_lists_top_k_classes_and_probabilities_in_order(run, labelled, mesh)
     order = np.argsort(-p)
     assert row[0] == path
     assert row[1::2] == [CLASSES[order[0]], CLASSES[order[1]]]
+    # p is the program predict runs (bitwise); the CSV's 6 decimals round it by <= 5e-7.
     np.testing.assert_allclose([float(x) for x in row[2::2]], p[order[:2]], atol=1e-6)
   assert len(rows) == 1 + len(paths) == 10
 
@@ -92,6 +93,7 @@ def test_csv_lists_top_k_classes_and_probabilities_in_order(run, labelled, mesh)
     assert "class_4" not in row
     row_probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
     assert row_probs == sorted(row_probs, reverse=True)
+    # Three 6-decimal roundings (<= 5e-7 each) of a float32 softmax (sums to 1 within ~2e-7).
     assert sum(row_probs) == pytest.approx(1.0, abs=3e-6)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from absl import logging as absl_logging
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -114,7 +115,9 @@ def test_damaged_latest_checkpoints_fall_back_and_end_as_an_uninterrupted_run(
   faults.damage_checkpoint(workdir / "checkpoints" / "2", "flip")
   config = demo.get_config()
   config.update(FINISHED)
-  with caplog.at_level(logging.INFO):
+  # absl's own logger: code run before in this process may have set its level (the root's
+  # would not reach it; tf.saved_model.save leaves it at WARNING).
+  with caplog.at_level(logging.INFO, logger=absl_logging.get_absl_logger().name):
     train.train_and_evaluate(config, str(workdir))
   lines = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
   asides = sorted(n for n in os.listdir(workdir / "checkpoints") if not n.isdigit())

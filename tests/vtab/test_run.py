@@ -373,6 +373,7 @@ def test_lightweight_preprocessing_is_a_resize_no_crop_no_flip_and_lr_drops_at_3
     expected = resized / 255 * 2 - 1
     images = call["images"]
     assert images.shape == (8, LIGHT_SIZE, LIGHT_SIZE, 3)
+    # float32 against float64 scaling of the same pixels: ~1e-7, far below a level (2 / 255).
     np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), atol=1e-5)
 
 

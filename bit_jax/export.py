@@ -39,6 +39,7 @@ import shutil
 import jax
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
 from bit_jax import atomic_files, checkpointing, entry, models, npz, run_dir
 from bit_jax.errors import UserError
@@ -109,7 +110,14 @@ def export_savedmodel(model_dir: str, out: str | None = None, *,
                 "class_names": class_names.get_concrete_function()}
 
   def write_to(directory: str) -> None:
-    tf.saved_model.save(module, directory, signatures=signatures)
+    # tf.saved_model.save sets absl's verbosity to FATAL and back, which leaves absl's logger
+    # at WARNING: a notebook that exports would lose training's INFO lines after it.
+    absl_logger = absl_logging.get_absl_logger()
+    level = absl_logger.level
+    try:
+      tf.saved_model.save(module, directory, signatures=signatures)
+    finally:
+      absl_logger.setLevel(level)
     extra = os.path.join(directory, "assets.extra")
     os.makedirs(extra, exist_ok=True)
     with open(os.path.join(extra, "class_names.txt"), "w", encoding="utf-8") as f:

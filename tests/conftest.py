@@ -43,7 +43,9 @@ LONGEST_FILES = ("test_transfer.py", "test_train.py", "test_train_faults.py",
                  "test_evaluate.py")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+  if config.pluginmanager.has_plugin("randomly"):
+    return  # `-p randomly`: its shuffled order of files and tests, not ours.
   tests_dir = os.path.join(ROOT, "tests")
   file_of = {item: os.path.relpath(item.path, tests_dir) for item in items}
   count = collections.Counter(file_of.values())

@@ -9,7 +9,7 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 \
                                     /usr/lib/libtcmalloc_minimal.so.4))
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) )$(PYTHON)
 
-.PHONY: demo test
+.PHONY: demo test accelerators
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	python3 -m venv $(VENV)
@@ -22,5 +22,17 @@ demo: $(VENV)/.installed
 
 # Two workers, each test file on one (its fixtures set up once), the longest files first
 # (tests/conftest.py); on 2 cores a third worker made the run slower (18.9 against 16.4 min).
+# pytest-randomly is off here; `pytest -p randomly --randomly-seed=N` checks any order.
 test: $(VENV)/.installed
-	$(RUN) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(RUN) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 -p no:randomly
+
+# The TPU and GPU compilers (requirements-accelerators.txt: libtpu, the CUDA plugin; 1.2 GB),
+# for `python benchmarks/memory.py --target=...` and tests/test_accelerator_compile.py. Into
+# .accelerators/, outside the venv's default imports: a plugin there would make every JAX
+# process probe for a TPU or GPU. Only the compiling process puts it on its path.
+accelerators: .accelerators/.installed
+
+.accelerators/.installed: requirements-accelerators.txt $(VENV)/.installed
+	rm -rf .accelerators
+	$(VENV)/bin/pip install --quiet --no-deps --target .accelerators -r requirements-accelerators.txt
+	touch $@

@@ -40,9 +40,10 @@ def evaluate(config: ml_collections.ConfigDict, init: str, workdir: str, *,
              every_checkpoint: bool = False) -> dict[str, dict[str, float]]:
   """Evaluates `init` (see the module docstring) into `workdir`; returns every result there,
   {checkpoint key: {"<eval>/<metric>": value}}, the key a step number or "npz"."""
+  mesh = distributed.data_mesh()
   model = models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype,
-                           kernels=config.kernels)
-  evaluators = Evaluators.from_config(config, model, distributed.data_mesh())
+                           kernels=config.kernels, platform=mesh.devices.flat[0].platform)
+  evaluators = Evaluators.from_config(config, model, mesh)
   checkpoints = _checkpoints(init, every_checkpoint)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir!r} is a file; give a new or an earlier evaluate "

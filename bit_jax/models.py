@@ -253,18 +253,17 @@ KERNELS = ("auto", "plain", "cpu")
 
 
 def get_model(name: str, num_classes: int | None = None, *, dtype: Any = jnp.float32,
-              remat: bool = False, kernels: str = "auto",
-              head_bias_init: float = 0.0) -> ResNetV2:
+              remat: bool = False, kernels: str = "auto", head_bias_init: float = 0.0,
+              platform: str | None = None) -> ResNetV2:
   """The model for a release name such as `BiT-M-R50x1` (or a tiny test variant).
 
   `dtype` is the compute dtype, or its name in `DTYPES`; parameters are always float32.
   `kernels`: `plain` builds the model above as written; `cpu` swaps in the XLA:CPU-tuned
-  equivalents of `bit_jax.cpu_kernels`; `auto` takes `cpu` on a CPU backend, else `plain`.
+  equivalents of `bit_jax.cpu_kernels`; `auto` is `resolve_kernels("auto", platform)`.
+  `platform` names the devices the model is compiled for (the loops pass their mesh's,
+  `mesh.devices.flat[0].platform`); default: JAX's default backend.
   """
-  if kernels not in KERNELS:
-    raise UserError(f"unknown kernels {kernels!r}; valid: {', '.join(KERNELS)}")
-  if kernels == "auto":
-    kernels = "cpu" if jax.default_backend() == "cpu" else "plain"
+  kernels = resolve_kernels(kernels, platform)
   ops = {}
   if kernels == "cpu":
     from bit_jax import cpu_kernels  # pylint: disable=import-outside-toplevel  # It imports us.
@@ -272,6 +271,18 @@ def get_model(name: str, num_classes: int | None = None, *, dtype: Any = jnp.flo
   dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
   return ResNetV2(get_architecture(name), num_classes=num_classes, dtype=dtype, remat=remat,
                   head_bias_init=head_bias_init, **ops)
+
+
+def resolve_kernels(kernels: str, platform: str | None = None) -> str:
+  """`plain` or `cpu`: `kernels` itself, or for `auto` `cpu` when the program runs on CPU
+  devices and `plain` on any other. The devices' `platform`, not the process's default
+  backend, decides: a process compiling ahead for TPU or GPU devices (benchmarks/targets.py)
+  has the CPU as its default backend, and its program must get the plain model."""
+  if kernels not in KERNELS:
+    raise UserError(f"unknown kernels {kernels!r}; valid: {', '.join(KERNELS)}")
+  if kernels != "auto":
+    return kernels
+  return "cpu" if (platform or jax.default_backend()) == "cpu" else "plain"
 
 
 def compute_dtype(name: str) -> Any:

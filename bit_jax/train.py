@@ -38,7 +38,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   model = models.get_model(config.model, num_classes=config.num_classes, dtype=config.dtype,
                            remat=config.remat, kernels=config.kernels,
-                           head_bias_init=config.head_bias_init)
+                           head_bias_init=config.head_bias_init,
+                           platform=mesh.devices.flat[0].platform)
   num_train = config.num_train_examples or input_pipeline.num_examples(
       config.dataset, config.train_split, data_dir=config.data_dir)
   _check_config(config, workdir, model, num_train)  # Before anything is written.

@@ -56,7 +56,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     raise UserError(f"{config.dataset} does not say how many classes it has; "
                     "set --config.num_classes")
   model = models.get_model(config.model, num_classes=num_classes, dtype=config.dtype,
-                           remat=config.remat, kernels=config.kernels)
+                           remat=config.remat, kernels=config.kernels,
+                           platform=mesh.devices.flat[0].platform)
   pretrained_params = checkpointing.load_init(config.init, model)
   for split in filter(None, (config.test_split, config.val_split)):
     input_pipeline.check_split(source, split)  # Missing or empty: fails before any training.

@@ -216,6 +216,24 @@ def test_plain_kernels_are_the_defaults_and_auto_picks_per_backend():
     models.get_model("tiny-R14", kernels="fast")
 
 
+def test_auto_kernels_follow_the_devices_compiled_for_not_the_default_backend():
+  # A CPU process compiling ahead for TPU or GPU devices (benchmarks/targets.py) passes their
+  # platform: their program gets the plain model whatever this process's backend is.
+  cpu = models.get_model("tiny-R14", kernels="cpu")
+  plain = models.get_model("tiny-R14", kernels="plain")
+  assert cpu != plain
+  for platform in ("tpu", "gpu"):
+    assert models.get_model("tiny-R14", platform=platform) == plain
+    assert models.resolve_kernels("auto", platform) == "plain"
+  assert models.get_model("tiny-R14", platform="cpu") == cpu
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  assert models.resolve_kernels("auto", mesh.devices.flat[0].platform) == (
+      "cpu" if jax.default_backend() == "cpu" else "plain")
+  # An explicit choice is kept on any platform.
+  assert models.get_model("tiny-R14", kernels="cpu", platform="tpu") == cpu
+  assert models.get_model("tiny-R14", kernels="plain", platform="cpu") == plain
+
+
 def test_initial_kernels_keep_he_scale_not_the_standardized_one():
   # Under weight standardization the kernel's scale sets the effective learning rate
   # (lr / |w|^2): storing standardized kernels at init trained the demo far worse.

@@ -197,7 +197,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _finish_seeds(task, seeds, config, workdir, backbone, mesh) -> dict[int, dict]:
   """Each seed's record, also written to its file."""
   model = models.get_model(config.model, num_classes=task.num_classes, dtype=config.dtype,
-                           remat=config.remat, kernels=config.kernels)
+                           remat=config.remat, kernels=config.kernels,
+                           platform=mesh.devices.flat[0].platform)
   params = None if backbone is None else pretrained.fit(backbone, model)[0]  # A zero head.
   job = _TaskJob(task, config, task_source(task, config.data_dir), model, params, mesh)
   records = {}

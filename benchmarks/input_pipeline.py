@@ -33,16 +33,21 @@ PIPELINES = {
             "onehot(1000)",
 }
 
-flags.DEFINE_list("pipelines", list(PIPELINES), "Pipelines to run.")
-flags.DEFINE_integer("images", 512, "Distinct synthetic JPEGs to write.")
-flags.DEFINE_integer("height", 375, "JPEG height (ImageNet's median is ~375).")
-flags.DEFINE_integer("width", 500, "JPEG width (ImageNet's median is ~500).")
-flags.DEFINE_integer("batch_size", 128, "Per-process batch size.")
-flags.DEFINE_integer("batches", 30, "Timed batches per pipeline.")
-flags.DEFINE_integer("warmup", 5, "Untimed batches first (autotune settles).")
-flags.DEFINE_list("threads", ["0", "1"], "tf.data threads per run; 0: one per "
-                  "core (autotune). 1 gives the per-core rate directly.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Only when run as a script: benchmarks/accelerator.py imports `write_jpegs`, in processes
+  whose own flags (input_pipeline's CLI: `batch_size`) these would collide with."""
+  flags.DEFINE_list("pipelines", list(PIPELINES), "Pipelines to run.")
+  flags.DEFINE_integer("images", 512, "Distinct synthetic JPEGs to write.")
+  flags.DEFINE_integer("height", 375, "JPEG height (ImageNet's median is ~375).")
+  flags.DEFINE_integer("width", 500, "JPEG width (ImageNet's median is ~500).")
+  flags.DEFINE_integer("batch_size", 128, "Per-process batch size.")
+  flags.DEFINE_integer("batches", 30, "Timed batches per pipeline.")
+  flags.DEFINE_integer("warmup", 5, "Untimed batches first (autotune settles).")
+  flags.DEFINE_list("threads", ["0", "1"], "tf.data threads per run; 0: one per "
+                    "core (autotune). 1 gives the per-core rate directly.")
 
 
 def write_jpegs(root: str, n: int, height: int, width: int):
@@ -103,4 +108,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -154,7 +154,9 @@ def count_collectives(hlo: str) -> dict[str, int]:
   opcode, synchronous (`all-gather(`) or the start of an asynchronous one
   (`all-gather-start(`), wherever they are (a loop body's counted once). libtpu writes a
   reduce-scatter as a fusion calling a computation named `all-reduce-scatter` (an all-reduce
-  and the device's slice of it): that counts as one reduce-scatter, not an all-reduce."""
+  and the device's slice of it): that counts as one reduce-scatter, not an all-reduce. On a
+  large slice (v4:4x4x4) libtpu writes fsdp's all-gathers as all-reduces of a zero-padded
+  buffer (`all-reduce(dynamic-update-slice)`): they count as the all-reduces they run as."""
   counts = dict.fromkeys(COLLECTIVES, 0)
   computation = ""
   for line in hlo.splitlines():

@@ -71,7 +71,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
+from xla_memory import memory_summary  # noqa: E402  # pylint: disable=wrong-import-position
 from bit_jax import atomic_files, distributed, entry, losses, models, optim, sharding  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
 from bit_jax.errors import UserError  # noqa: E402
@@ -247,13 +249,6 @@ def step_flops(compiled: jax.stages.Compiled, counted: int) -> tuple[float, str]
   return (xla, "xla") if xla >= counted else (float(counted), "jaxpr")
 
 
-def peak_memory(compiled: jax.stages.Compiled) -> int:
-  """Bytes per device: arguments + outputs - aliased (donated) + temporaries."""
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes)
-
-
 # --- Timing ----------------------------------------------------------------------------------
 
 class Budget:
@@ -370,7 +365,7 @@ def measure_batch(args: argparse.Namespace, upstream: Upstream, batch_per_device
   compiled_step = traced.lower().compile()
   out: dict[str, Any] = {"train_compile_s": time.perf_counter() - start}
   budget.compiled(out["train_compile_s"])
-  out["train_peak"] = peak_memory(compiled_step)
+  out["train_peak"] = memory_summary(compiled_step)["peak"]
   # The jaxpr is of the whole mesh's batch; every conv and matrix product scales with it.
   out["train_flops"], out["flops_from"] = step_flops(compiled_step,
                                                      matmul_flops(traced.jaxpr) // n)
@@ -392,7 +387,7 @@ def measure_batch(args: argparse.Namespace, upstream: Upstream, batch_per_device
   compiled_forward = traced.lower().compile()
   out["infer_compile_s"] = time.perf_counter() - start
   budget.compiled(out["infer_compile_s"])
-  out["infer_peak"] = peak_memory(compiled_forward)
+  out["infer_peak"] = memory_summary(compiled_forward)["peak"]
   out["infer_flops"], infer_from = step_flops(compiled_forward, matmul_flops(traced.jaxpr) // n)
   if infer_from != out["flops_from"]:
     out["flops_from"] = f"train {out['flops_from']}, inference {infer_from}"

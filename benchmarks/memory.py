@@ -66,6 +66,7 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import targets  # noqa: E402  # pylint: disable=wrong-import-position
+import xla_memory  # noqa: E402  # pylint: disable=wrong-import-position
 from bit_jax import distributed, losses, models, optim, sharding  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
 from configs import bit_l, bit_m, transfer  # noqa: E402
@@ -192,10 +193,7 @@ def compiled_stats(lowered: jax.stages.Lowered) -> dict[str, float]:
   """Compiles `lowered`; XLA's memory analysis in bytes, the peak they add up to and the
   compile time."""
   start = time.perf_counter()
-  stats = lowered.compile().memory_analysis()
-  out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-         "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out = xla_memory.memory_summary(lowered.compile())
   out["compile_s"] = time.perf_counter() - start
   return out
 

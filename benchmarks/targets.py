@@ -26,6 +26,9 @@ import time
 import jax
 from jax.experimental import topologies
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_memory  # noqa: E402  # pylint: disable=wrong-import-position
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCELERATORS = os.path.join(ROOT, ".accelerators")  # `make accelerators` installs here.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -136,11 +139,7 @@ def compile_report(lowered: jax.stages.Lowered, target: Target,
     return {"fits": False, "error": str(e).splitlines()[0],
             "compile_s": time.perf_counter() - start}
   compile_s = time.perf_counter() - start
-  stats = compiled.memory_analysis()
-  out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-         "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes,
-         "compile_s": compile_s, "error": None}
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out = {**xla_memory.memory_summary(compiled), "compile_s": compile_s, "error": None}
   out["fits"] = out["peak"] <= target.memory_gib() * GIB
   cost = compiled.cost_analysis()
   flops = (cost or {}).get("flops")

@@ -49,7 +49,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from xla_memory import memory_summary  # noqa: E402  # pylint: disable=wrong-import-position
 from bit_jax import distributed, host_allocator, losses, models  # noqa: E402
 from bit_jax import train_step as train_step_lib  # noqa: E402
 
@@ -94,15 +96,6 @@ def _seconds(fn: Callable[[], Any]) -> float:
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
-
-
-def memory_summary(compiled) -> dict[str, int]:
-  """Sizes in bytes from XLA's memory analysis; `peak` = arguments + outputs - aliased + temp."""
-  stats = compiled.memory_analysis()
-  out = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-         "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  return out
 
 
 def cpu_matmul_peak(dtype, size: int = 2048, iters: int = 5) -> float:

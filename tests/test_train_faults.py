@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 from absl import logging as absl_logging
 import numpy as np
@@ -30,13 +29,12 @@ def _error_lines(stderr):
 # The write of checkpoint 4 fails in orbax's background thread (its final rename: a full
 # disk), the way a real write fails.
 _FAILING_WRITE = """
-import errno, time
+import errno
 from orbax.checkpoint._src.path import async_path
 original_rename = async_path.rename
 async def rename(src, dst):
   if os.path.basename(str(dst)) == "4":
-    with open({marker!r}, "w") as f:
-      f.write(repr(time.time()))
+    open({marker!r}, "w").close()
     raise OSError(errno.ENOSPC, "No space left on device", str(dst))
   return await original_rename(src, dst)
 async_path.rename = rename
@@ -47,10 +45,9 @@ def test_failed_checkpoint_write_exits_with_one_line_and_keeps_the_previous(tmp_
   workdir, marker = tmp_path / "run", tmp_path / "failed_at"
   overrides = dict(TINY, total_steps=6, checkpoint_every_steps=2, keep_checkpoints=1)
   done = faults.run_demo(workdir, overrides, patch=_FAILING_WRITE.format(marker=str(marker)),
-                         timeout=300)
-  ended = time.time()
+                         timeout=300)  # A run that hangs on the failed write fails here.
   assert done.returncode == entry.EXIT_FAILED, done.stderr[-3000:]
-  assert ended - float(marker.read_text()) < 30  # Exits at once; it used to hang.
+  assert marker.exists()  # The failure was injected, at step 4's write.
   # Orbax logs the failure with its traceback; the run ends on one line, not on a traceback.
   [line] = _error_lines(done.stderr)
   assert line == done.stderr.strip().splitlines()[-1]

@@ -171,8 +171,12 @@ class Checkpointer:
     self._in_flight = None
 
   def close(self) -> None:
-    self.wait()
-    self._manager.close()
+    """Waits for the write in flight (`CheckpointError` if it failed); the manager is closed
+    either way."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   @contextlib.contextmanager
   def _writing(self, step: int | None) -> Iterator[None]:

@@ -59,21 +59,36 @@ def _fail(message: str) -> None:
   sys.exit(EXIT_BAD_INPUT)
 
 
+def exit_status(error: BaseException) -> int | None:
+  """The status a run that raised `error` exits with; None for a bug (it keeps its traceback).
+
+  Bad input 2, a diverged run or a failed checkpoint write 1, a preempted run 143 (its own
+  `SystemExit`)."""
+  from bit_jax.errors import CheckpointError, NonFiniteLossError, UserError
+  if isinstance(error, SystemExit):
+    return error.code
+  if isinstance(error, UserError):
+    return EXIT_BAD_INPUT
+  if isinstance(error, (NonFiniteLossError, CheckpointError)):
+    return EXIT_FAILED
+  return None
+
+
 def run(job: Callable[[], object]) -> None:
   """Runs `job`; bad user input, a diverged run and a failed checkpoint write end with one
-  line and a nonzero exit (a preempted run raises `errors.Preempted`, its own exit)."""
-  from bit_jax.errors import CheckpointError, NonFiniteLossError, UserError
+  line and their `exit_status` (a preempted run raises `errors.Preempted`, its own exit)."""
+  from bit_jax.errors import CheckpointError
   try:
     job()
-  except UserError as e:
-    _fail(str(e))
-  except NonFiniteLossError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    status = exit_status(e)
+    if status is None:
+      raise
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_FAILED)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    # After a failed write orbax's writer threads may never finish, and the interpreter
-    # would wait for them forever at exit: leave without joining them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_FAILED)
+    if isinstance(e, CheckpointError):
+      # After a failed write orbax's writer threads may never finish, and the interpreter
+      # would wait for them forever at exit: leave without joining them.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)
+    sys.exit(status)

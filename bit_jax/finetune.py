@@ -19,11 +19,11 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (calibration, checkpointing, distributed, divergence, features, freezing,
-                     hyperrule, losses, models, preemption, run_dir)
+from bit_jax import (calibration, checkpointing, features, freezing, hyperrule, loop, losses,
+                     models, run_dir)
 from bit_jax import sharding as sharding_lib
 from bit_jax import train_step as train_step_lib
-from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
+from bit_jax.errors import UserError
 
 # The network downsamples by 32: a smaller crop leaves block4 nothing to see.
 MIN_CROP = 32
@@ -43,6 +43,7 @@ class Plan:
   eval_batch_size: int
   shuffle_buffer: int  # Training examples shuffled over, per process.
   log_every_steps: int  # Also how often a diverged (NaN/Inf) loss is caught.
+  preemption_check_every_steps: int = 10  # Multi-host: how often hosts agree on stopping.
   # Off for tasks whose label a flip or a crop would change (VTAB's positions, orientations).
   flip: bool = True
   random_crop: bool = True  # Else resize straight to the crop size, as in evaluation.
@@ -96,7 +97,9 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
               accum_steps=config.accum_steps, eval_batch_size=config.eval_batch_size,
               shuffle_buffer=config.shuffle_buffer, log_every_steps=config.log_every_steps,
               trainable=freezing.check(config.trainable),
-              checkpoint_every_steps=config.checkpoint_every_steps, sharding=sharding,
+              checkpoint_every_steps=config.checkpoint_every_steps,
+              preemption_check_every_steps=config.get("preemption_check_every_steps", 10),
+              sharding=sharding,
               fsdp_min_size=fsdp_min_size)
 
 
@@ -140,36 +143,20 @@ def train(model: models.ResNetV2, params: Any, train_source, train_split: str,
       train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
       seed=seed, start_step=start, shuffle_buffer=plan.shuffle_buffer, cache=cache_train)
   total = plan.schedule[-1]
-  preempted = preemption.PreemptionFlag() if checkpointer else None
-  try:
-    for step in range(start + 1, total + 1):
-      state, step_metrics = train_step(state, next(batches))
-      log = step % plan.log_every_steps == 0 or step == total
-      stop = bool(preempted)
-      if jax.process_count() > 1:  # Hosts agree on stopping, at the log steps only.
-        stop = log and distributed.on_any_process(stop)
-      save = checkpointer is not None and step < total and (
-          stop or (plan.checkpoint_every_steps and step % plan.checkpoint_every_steps == 0))
-      if log or save:  # A diverged state is never saved.
-        host_metrics = jax.device_get(step_metrics)  # One host transfer.
-        if log:
-          logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total,
-                       float(host_metrics["loss"]), float(host_metrics["learning_rate"]))
-        divergence.check(host_metrics, step, checkpointer, start, run="fine-tuning",
-                         remedy="lower --config.base_lr")
-      if save:
-        checkpointer.save(step, state)
-      if stop and save:  # The write finishes in `close` below, before the process exits.
-        logging.warning("%s received: saved fine-tuning step %d of %d in %s; exiting with "
-                        "status %d. Rerun the same command to resume.",
-                        preempted.signal_name or "SIGTERM", step, total, checkpoint_dir,
-                        EXIT_PREEMPTED)
-        raise Preempted()
-  finally:
-    if preempted is not None:
-      preempted.restore()
-    if checkpointer:  # Also after an error: a write in flight finishes whole.
-      checkpointer.close()
+
+  def log_line(step, host_metrics):
+    logging.info("fine-tune step %d/%d: loss %.4f, lr %.5f", step, total,
+                 float(host_metrics["loss"]), float(host_metrics["learning_rate"]))
+
+  # The fine-tuned parameters are kept in the run directory (`bit_jax.run_dir`), not as a
+  # final checkpoint.
+  cadence = loop.Cadence(
+      total_steps=total, log_every_steps=plan.log_every_steps,
+      checkpoint_every_steps=plan.checkpoint_every_steps,
+      preemption_check_every_steps=plan.preemption_check_every_steps, save_last=False)
+  state = loop.run(state, train_step, batches, start_step=start, cadence=cadence,
+                   checkpointer=checkpointer, name="fine-tuning",
+                   remedy="lower --config.base_lr", on_log=log_line)
   return sharding_lib.replicate(state.params, mesh)  # fsdp: gathered, by every process.
 
 

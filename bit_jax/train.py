@@ -22,11 +22,11 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
-from bit_jax import (checkpointing, distributed, divergence, host_allocator, losses, models, npz,
-                     optim, preemption, pretrained, run_settings, sharding)
+from bit_jax import (checkpointing, distributed, host_allocator, loop, losses, models, npz, optim,
+                     pretrained, run_settings, sharding)
 from bit_jax import train_step as train_step_lib
 from bit_jax.evaluators import Evaluators
-from bit_jax.errors import EXIT_PREEMPTED, Preempted, UserError
+from bit_jax.errors import UserError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -91,58 +91,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  preempted = preemption.PreemptionFlag()
 
   results = {}
-  step = start_step
-  timer = (time.perf_counter(), step)
-  stopped_by = None  # The signal that stopped the run early, once its checkpoint is saved.
-  while step < total_steps:
-    batch = next(train_batches)
-    state, step_metrics = train_step(state, batch)
-    step += 1
+  timer = (time.perf_counter(), start_step)  # Since the last log: (time, step).
+
+  def write_train_metrics(step, host_metrics):
+    nonlocal timer
+    scalars = {f"train/{k}": float(v) for k, v in host_metrics.items()}
+    elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
+    scalars["train/images_per_sec_per_device"] = (
+        steps_done * config.batch_size / elapsed / jax.device_count())
+    timer = (time.perf_counter(), step)
+    writer.write_scalars(step, scalars)
+
+  def evaluate(step, state):
     progress(step)
-    is_last = step == total_steps
-    log = step % config.log_every_steps == 0 or is_last
-    stop = bool(preempted)  # Read once: a SIGTERM between save and exit still saves first.
-    if jax.process_count() > 1:  # Hosts agree, every preemption_check_every_steps steps.
-      stop = (step % config.preemption_check_every_steps == 0 or is_last) and (
-          distributed.on_any_process(stop))
-    save = step % config.checkpoint_every_steps == 0 or is_last or stop
-    if log or save:
-      # One host transfer per such step; a diverged state is never logged on or saved.
-      host_metrics = jax.device_get(step_metrics)
-      divergence.check(host_metrics, step, checkpointer, start_step, run="training",
-                       remedy="lower the learning rate or check the input")
-    if log:
-      scalars = {f"train/{k}": float(v) for k, v in host_metrics.items()}
-      elapsed, steps_done = time.perf_counter() - timer[0], step - timer[1]
-      scalars["train/images_per_sec_per_device"] = (
-          steps_done * config.batch_size / elapsed / jax.device_count())
-      timer = (time.perf_counter(), step)
-      writer.write_scalars(step, scalars)
     evaluated = evaluators.run(step, state.params, total_steps)  # Those due at this step.
     if evaluated:
       writer.write_scalars(step, evaluated)  # Under <eval name>/..., and to the log.
       results.update(evaluated)
-    if save:
-      checkpointer.save(step, state)
-    if stop and not is_last:
-      # Another host's SIGTERM when this one got none (hosts agree on stopping).
-      stopped_by = preempted.signal_name or "SIGTERM"
-      break
-  preempted.restore()
-  checkpointer.close()  # Waits for the last write; CheckpointError if it failed.
-  writer.flush()
-  if stopped_by:
-    logging.warning("%s received: saved step %d of %d in %s; exiting with status %d. "
-                    "Rerun the same command to resume from step %d.", stopped_by, step,
-                    total_steps, checkpointer.directory, EXIT_PREEMPTED, step)
-    raise Preempted()
-  if step == total_steps:
-    params = sharding.replicate(state.params, mesh)  # fsdp: a collective, in every process.
-    if jax.process_index() == 0:
-      npz.save(jax.device_get(params), os.path.join(workdir, checkpointing.EXPORT_NAME))
+
+  cadence = loop.Cadence(
+      total_steps=total_steps, log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      preemption_check_every_steps=config.preemption_check_every_steps)
+  try:
+    state = loop.run(state, train_step, train_batches, start_step=start_step, cadence=cadence,
+                     checkpointer=checkpointer, name="training",
+                     remedy="lower the learning rate or check the input",
+                     on_log=write_train_metrics, after_step=evaluate)
+  finally:
+    writer.flush()
+  params = sharding.replicate(state.params, mesh)  # fsdp: a collective, in every process.
+  if jax.process_index() == 0:
+    npz.save(jax.device_get(params), os.path.join(workdir, checkpointing.EXPORT_NAME))
   return results
 
 

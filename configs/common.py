@@ -111,6 +111,8 @@ def add_hyperrule_finetuning(c: ml_collections.ConfigDict) -> ml_collections.Con
   # Each run saves its state this often and resumes from it (<run dir>/checkpoints, removed
   # once params.npz is written); SIGTERM/Ctrl-C always saves. 0: only on SIGTERM.
   c.checkpoint_every_steps = 1000
+  # Multi-host: how often hosts agree on stopping after a SIGTERM (a blocking collective).
+  c.preemption_check_every_steps = 10
   return c
 
 

@@ -3,6 +3,8 @@
     flag = preemption.PreemptionFlag()   # installs the handlers
     ... if flag: save, then raise errors.Preempted() ...
     flag.restore()                       # puts the previous handlers back
+
+`bit_jax.loop.run` does this for every training loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Stopping a training loop whose loss or parameters became NaN/Inf, before that state is saved.
 
-Pretraining (`bit_jax.train`) and fine-tuning (`bit_jax.finetune`) call `check` at every step
-they log or save.
+`bit_jax.loop.run` calls `check` at every step it logs or saves.
 """
 
 from __future__ import annotations

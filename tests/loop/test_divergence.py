@@ -1,9 +1,10 @@
-"""`bit_jax.divergence`: a NaN/Inf loss or parameters stop a run with one line that says what
+"""`bit_jax.loop.divergence`: a NaN/Inf loss or parameters stop a run with one line that says what
 its checkpoints keep."""
 import numpy as np
 import pytest
 
-from bit_jax import checkpointing, divergence
+from bit_jax import checkpointing
+from bit_jax.loop import divergence
 from bit_jax.errors import NonFiniteLossError
 
 

@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	$(RUN) train.py --config=configs/demo.py --workdir=workdir/demo
 
 # Two workers, each test file on one (its fixtures set up once), the longest files first
-# (tests/conftest.py); on 2 cores a third worker made the run slower (18.9 against 16.4 min).
+# (tests/conftest.py); on 2 cores a third worker makes the run slower.
 # pytest-randomly is off here; `pytest -p randomly --randomly-seed=N` checks any order.
 test: $(VENV)/.installed
 	$(RUN) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 -p no:randomly

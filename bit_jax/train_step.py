@@ -1,8 +1,8 @@
 """The training state and the pure train and eval steps, ready for `jax.jit` over a mesh.
 
 The steps know nothing about devices: `bit_jax.train` jits them with the batch sharded on the
-mesh's `data` axis and the state replicated (the data-parallel semantics of the original pmap
-code, written the way JAX now recommends) or split by `bit_jax.sharding`'s fsdp rule.
+mesh's `data` axis and the state replicated (plain data parallelism) or split by
+`bit_jax.sharding`'s fsdp rule.
 """
 
 from __future__ import annotations

@@ -9,16 +9,14 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One BLAS thread per process (read when numpy loads, so before it does; inherited by the
 # subprocesses tests start): the tests' matrices are small, and two xdist workers already
-# fill the two cores. sklearn's probes (linear_eval) ran 2.7x faster so.
+# fill the two cores, so more BLAS threads only slow sklearn's small probes (linear_eval).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Most tests compile more than they run (tiny models, a few steps), and XLA:CPU compiles
-# faster without LLVM's optimizations (test_models 148 -> 100 s) and with its older fusion
-# emitters (tiny-R14's train step: 2.7-3.1 -> 0.8-1.1 s to compile; the suite 15:01 -> 13:01).
-# Both change only the rounding (test_train_step's hoisting test saw it). Read when the
-# backend starts, and inherited by the processes tests start; the long runs (the demo's
-# pretraining and transfer: 3-4x slower unoptimized) take `optimized_env`, the compiler users
-# run.
+# faster without LLVM's optimizations and with its older fusion emitters. Both change only
+# the rounding (test_train_step's hoisting test sees it). Read when the backend starts, and
+# inherited by the processes tests start; the long runs (the demo's pretraining and
+# transfer, several times slower unoptimized) take `optimized_env`, the compiler users run.
 COMPILE_FAST = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *COMPILE_FAST]).strip()
 
@@ -32,9 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_STEPS = 300
 
 # `make test` hands its two workers whole files in collection order (--dist loadfile
-# --no-loadscope-reorder). Longest first (measured on 2 cores, 40-300 s each), then the rest,
-# most tests first as xdist would order them: otherwise a long file drawn late left one worker
-# running alone at the end, 40-130 s of a run of 13-15 min. A file not listed only starts later.
+# --no-loadscope-reorder). Longest first (as measured on 2 cores), then the rest, most tests
+# first as xdist would order them: otherwise a long file drawn late leaves one worker running
+# alone at the end. A file not listed only starts later.
 LONGEST_FILES = ("test_transfer.py", "test_train.py", "test_train_faults.py",
                  "test_transfer_runs.py", "test_sharding.py", "test_multihost.py",
                  "test_models.py", "test_notebook.py", "test_benchmarks.py", "vtab/test_run.py",

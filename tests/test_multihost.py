@@ -20,8 +20,8 @@ from tests import multihost_worker
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 NUM_PROCESSES = 2
-# Each process takes ~25 s of CPU; three on 2 busy cores took up to 2 min. Only a hang
-# (a process waiting on a collective forever) comes near this.
+# Far above what the processes need on 2 busy cores: only a hang (a process waiting on a
+# collective forever) comes near this.
 TIMEOUT_S = 300
 
 

@@ -94,8 +94,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_configs.upstream(total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path))
   good = {k: v.copy() for k, v in npz.read_flat(tmp_path / EXPORT_NAME).items()}
-  # Resume the same run with a learning rate that blows the parameters up: as a workdir from
-  # before settings were recorded (a recorded one refuses another learning rate).
+  # Resume the same run with a learning rate that blows the parameters up: as a workdir
+  # without settings.json (a recorded one refuses another learning rate).
   os.remove(tmp_path / run_settings.SETTINGS_NAME)
   diverging = tiny_configs.upstream(total_steps=6, checkpoint_every_steps=1, lr_per_256=1e30,
                                     warmup_steps=0)

@@ -36,7 +36,7 @@ With `--target=NAME` (`benchmarks/targets.py`: tpu-v3-8, tpu-v4-8, tpu-v4-128, t
 h100), the accelerator's own compiler instead, from this CPU machine (`make accelerators`
 first): the upstream step (replicated and fsdp), the HyperRule fine-tuning step on the
 target's devices (`--batch` over all of them, as `bit_jax.finetune` splits it; a setting may
-end in `:fsdp`) and the evaluators' forward (`bit_jax.evaluators.inference.apply`: the
+end in `:fsdp`) and the evaluators' forward (`bit_jax.features.forward`: the
 upstream configs' eval batch at 224 px, `configs/transfer.py`'s eval batch at the
 fine-tuning resolution), each with the kernels `get_model(kernels="auto")` picks for the
 target's devices. Per device: memory, peak, FLOPs, collectives, compile time and whether it
@@ -174,10 +174,10 @@ def finetune_step(model: models.ResNetV2, resolution: int, batch: int, num_class
 
 def forward_step(model: models.ResNetV2, resolution: int, batch: int,
                  mesh: jax.sharding.Mesh) -> jax.stages.Lowered:
-  """The evaluators' forward (`bit_jax.evaluators.inference.apply`) as they run it: the
-  kernels standardized once (the inference model), the parameters replicated, the global
-  `batch` split over the mesh's `data` axis."""
-  from bit_jax.evaluators import inference  # pylint: disable=import-outside-toplevel  # TF.
+  """The evaluators' forward (`bit_jax.features.forward` of logits and pre_logits) as they
+  run it: the kernels standardized once (the inference model), the parameters replicated, the
+  global `batch` split over the mesh's `data` axis."""
+  from bit_jax import features  # pylint: disable=import-outside-toplevel  # TF.
   run_model, _ = models.hoist_weight_standardization(model)
   replicated = jax.sharding.NamedSharding(mesh, P())
   params = jax.eval_shape(
@@ -186,7 +186,7 @@ def forward_step(model: models.ResNetV2, resolution: int, batch: int,
                         params)
   images = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32,
                                 sharding=jax.sharding.NamedSharding(mesh, P("data")))
-  return inference.apply.lower(run_model, params, images)
+  return features.forward.lower(run_model, params, images, ("logits", "pre_logits"))
 
 
 def compiled_stats(lowered: jax.stages.Lowered) -> dict[str, float]:

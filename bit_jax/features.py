@@ -47,8 +47,9 @@ def output_names(model: models.ResNetV2) -> tuple[str, ...]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "outputs"))
-def _forward(model: models.ResNetV2, params: Any, images: jax.Array,
-             outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+def forward(model: models.ResNetV2, params: Any, images: jax.Array,
+            outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+  """The `outputs` of one batch: the program `extract` runs (and benchmarks/memory.py sizes)."""
   _, out = model.apply({"params": params}, images)
   return {name: out[name] for name in outputs}
 
@@ -79,7 +80,7 @@ def extract(model: models.ResNetV2, params: Any, source: str | input_pipeline.So
   gather = lambda x: jax.tree.map(np.asarray, multihost_utils.process_allgather(x, tiled=True))
   chunks = []
   for batch in _progress(batches, progress):
-    values = _forward(model, params, batch["image"], outputs)
+    values = forward(model, params, batch["image"], outputs)
     if "label" in batch:
       values[LABELS] = batch["label"]
     values = gather({**values, INDEX: batch[INDEX], MASK: batch[MASK]})
@@ -143,11 +144,8 @@ def load(init: str, model_name: str | None = None
 
 
 def default_crop(source: input_pipeline.Source) -> int:
-  """The HyperRule's crop for the dataset's image size, from TFDS metadata."""
-  try:
-    shape = source.builder.info.features["image"].shape
-  except (AttributeError, KeyError, TypeError):
-    shape = (None, None)
+  """The HyperRule's crop for the dataset's image size, from the source's metadata."""
+  shape = source.image_shape or (None, None)
   if None in shape[:2]:
     raise UserError(f"the image size of {source.name} is not in its metadata (variable-size "
                     "images or a folder); pass --resolution=CROP, e.g. 128 or 384")

@@ -122,7 +122,7 @@ def _images_source(images: Sequence[str], split: str | None, labels: bool, data_
       raise UserError(f"--images={spec}: write tfds:NAME:SPLIT, e.g. tfds:cifar10:test")
     source = input_pipeline.get_source(name, data_dir)
     if labels:
-      _check_class_names(_tfds_class_names(source), card, spec)
+      _check_class_names(source.class_names, card, spec)
     return source, tfds_split, None, {}
   if spec.startswith(datasets.FOLDER_PREFIX):
     folder = ImageFolder(spec.removeprefix(datasets.FOLDER_PREFIX))
@@ -150,13 +150,6 @@ def _folder_split(folder: ImageFolder, split: str | None, spec: str) -> str:
   if split is None:
     raise UserError(f"{spec} has the splits {', '.join(splits)}; pick one with --split")
   return split
-
-
-def _tfds_class_names(source) -> list[str] | None:
-  try:
-    return list(source.builder.info.features["label"].names)
-  except (AttributeError, KeyError, TypeError):
-    return None
 
 
 def _check_class_names(names: Sequence[str] | None, card: run_dir.ModelCard, spec: str):

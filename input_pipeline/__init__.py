@@ -23,6 +23,7 @@ and a pp string (split size, classes, first batch) before a run.
 
 Public API (what the training and transfer loops call):
   get_source(dataset, data_dir=None, *, download=True) -> Source
+      Also its metadata: num_classes, class_names, image_shape (`Source`).
   num_examples(dataset, split, data_dir=None, *, process_index=0,
                process_count=1) -> int
   check_split(dataset, split, data_dir=None) -> int

@@ -31,8 +31,8 @@ def describe(dataset: str, split: str, pp: str, data_dir: str | None = None,
   """Lines describing the split and its first preprocessed batch."""
   ops.get_preprocess_fn(pp)  # A typo fails before any data is prepared.
   source = datasets.get_source(dataset, data_dir)
-  classes = getattr(source, "class_names", None) or source.num_classes
-  lines = [f"{source.name}: classes {classes}",
+  names = f" ({', '.join(source.class_names)})" if source.class_names else ""
+  lines = [f"{source.name}: classes {source.num_classes}{names}",
            f"{split}: {source.num_examples(split)} examples"]
   ds, _ = streams.eval_dataset(source, split, pp, batch_size)
   batch = next(streams.iterate(ds, source, split), None)

@@ -31,9 +31,18 @@ FOLDER_PREFIX = "folder:"
 
 
 class Source(Protocol):
-  """What the streams need from a dataset."""
+  """What the streams and the loops need from a dataset.
+
+  Its metadata, each None where the source does not know it:
+    num_classes  labels are 0 .. num_classes - 1.
+    class_names  the name of each label, in label order (strings).
+    image_shape  (height, width, channels) of the images as stored, before any
+                 preprocessing; None for a dimension that varies between images.
+  """
   name: str
   num_classes: int | None
+  class_names: tuple[str, ...] | None
+  image_shape: tuple[int | None, int | None, int | None] | None
 
   def num_examples(self, split: str, process_index: int = 0,
                    process_count: int = 1) -> int: ...
@@ -111,11 +120,12 @@ class TfdsSource:
   def __init__(self, builder: tfds.core.DatasetBuilder):
     self.builder = builder
     self.name = builder.name
-    try:
-      label = builder.info.features["label"]
-    except (KeyError, TypeError):
-      label = None
+    label, image = (_feature(builder.info.features, key) for key in ("label", "image"))
     self.num_classes = getattr(label, "num_classes", None)
+    names = getattr(label, "names", None)  # A ClassLabel's; ["0", ...] when it has none.
+    self.class_names = tuple(map(str, names)) if names else None
+    shape = getattr(image, "shape", None)
+    self.image_shape = tuple(shape) if shape is not None and len(shape) == 3 else None
 
   def _split_info(self, split: str, process_index: int, process_count: int):
     """Split metadata, or None when there is none (mock data)."""
@@ -145,6 +155,13 @@ class TfdsSource:
     return self.builder.as_dataset(
         split=splits.shard(split, process_index, process_count),
         shuffle_files=False, decoders=skip)
+
+
+def _feature(features, key: str):
+  try:
+    return features[key]
+  except (KeyError, TypeError):
+    return None
 
 
 def _prepared_builder(name: str, data_dir, download: bool):

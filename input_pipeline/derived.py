@@ -22,7 +22,8 @@ class Subset:
     self._source, self._split = source, split
     self.indices = np.unique(np.asarray(indices, np.int64))
     self.name = f"{source.name}[{len(self.indices)} of {split}]"
-    self.num_classes = source.num_classes
+    self.num_classes, self.class_names = source.num_classes, source.class_names
+    self.image_shape = source.image_shape
 
   def _check(self, split):
     if split != self._split:
@@ -43,13 +44,20 @@ class Subset:
 
 
 class Mapped:
-  """`source` with `fn(example) -> example` applied to every example it reads."""
+  """`source` with `fn(example) -> example` applied to every example it reads.
+
+  Its metadata is the source's but where given: `num_classes` says `fn` relabels, so the
+  source's class names no longer apply; `image_shape` says `fn` changes the images.
+  """
 
   def __init__(self, source: datasets.Source, fn: Callable, num_classes: int | None = None,
-               name: str | None = None):
+               name: str | None = None, *, class_names: tuple[str, ...] | None = None,
+               image_shape: tuple[int | None, ...] | None = None):
     self._source, self._fn = source, fn
     self.name = name or source.name
     self.num_classes = num_classes if num_classes is not None else source.num_classes
+    self.class_names = class_names or (source.class_names if num_classes is None else None)
+    self.image_shape = image_shape or source.image_shape
 
   def num_examples(self, split, process_index=0, process_count=1) -> int:
     return self._source.num_examples(split, process_index, process_count)

@@ -32,7 +32,8 @@ class ImageFiles:
     self.labels = None if labels is None else np.asarray(labels, np.int64)
     if self.labels is not None and len(self.labels) != len(self.paths):
       raise InputError(f"{name}: {len(self.labels)} labels for {len(self.paths)} images")
-    self.class_names = None if class_names is None else list(class_names)
+    self.class_names = None if class_names is None else tuple(map(str, class_names))
+    self.image_shape = None  # Files of any size.
     self.num_classes = (None if self.labels is None else
                         len(self.class_names) if self.class_names is not None
                         else int(self.labels.max(initial=-1)) + 1)

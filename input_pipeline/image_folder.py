@@ -42,8 +42,9 @@ class ImageFolder:
     except OSError as e:
       raise InputError(f"cannot read image folder {self.root}: "
                        f"{e.strerror or e}") from None
-    self.class_names = sorted({c for by_class in files.values()
-                               for c in by_class})
+    self.class_names = tuple(sorted({c for by_class in files.values()
+                                     for c in by_class}))
+    self.image_shape = None  # Files of any size.
     self.num_classes = len(self.class_names)
     label_of = {c: i for i, c in enumerate(self.class_names)}
     self._paths, self._labels = {}, {}

@@ -23,9 +23,10 @@ class Indexed:
   def __init__(self, source: datasets.Source):
     self.source = source
     self.name = source.name
-    self.num_classes = source.num_classes
+    self.num_classes, self.class_names = source.num_classes, source.class_names
+    self.image_shape = source.image_shape
 
-  def __getattr__(self, name):  # class_names, builder, first_undecodable, ...
+  def __getattr__(self, name):  # builder, split_sizes, first_undecodable, ...
     if name == "source":  # Not set yet (e.g. while unpickling): no recursion.
       raise AttributeError(name)
     return getattr(self.source, name)

@@ -1,6 +1,7 @@
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import input_pipeline
 from bit_jax import distributed, features, npz, run_dir
@@ -88,3 +89,13 @@ def test_bad_inputs_fail_with_one_line(run, dataset, tmp_path):
   assert not (tmp_path / "f.npz").exists()
   model = run_dir.load(run)[0].clone(num_classes=None)
   assert features.output_names(model)[-1] == "pre_logits"  # No head, no logits.
+
+
+def test_default_crop_is_the_hyperrules_for_the_sources_image_size():
+  with tfds.testing.mock_data(num_examples=1):
+    small, large, varying = (input_pipeline.get_source(name, "/nonexistent")
+                             for name in ("cifar10", "celeb_a", "oxford_flowers102"))
+  assert features.default_crop(small) == 128  # 32x32: below 96x96.
+  assert features.default_crop(large) == 384  # 218x178, the paper's large-image crop.
+  with pytest.raises(UserError, match="image size of oxford_flowers102 is not in its metadata"):
+    features.default_crop(varying)

@@ -129,7 +129,8 @@ def test_tfds_split_rows_are_indices_in_split_order(run, mesh, tmp_path):
                             mesh=mesh, outputs=("logits",))["logits"]
   np.testing.assert_array_equal(result.logits, logits)
   # Its classes are not the run's: --labels refuses, naming both.
-  with pytest.raises(UserError, match="fine-tuned on the classes cat, dog, emu") as e:
+  with pytest.raises(UserError, match="has classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, but the run "
+                     "was fine-tuned on the classes cat, dog, emu") as e:
     predict.predict(run, ["tfds:bit_digits:test"], labels=True, data_dir=data_dir)
   assert "\n" not in str(e.value)
 

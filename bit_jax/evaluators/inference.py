@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import input_pipeline
@@ -103,40 +102,11 @@ def batches(run: Run, dataset: str, split: str, pp: str,
                                       data_dir=run.data_dir)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def apply(model: models.ResNetV2, params: Any, images: jax.Array
-          ) -> tuple[jax.Array, jax.Array]:
-  """(logits, pre_logits) of a batch."""
-  logits, out = model.apply({"params": params}, images)
-  return logits, out["pre_logits"]
-
-
 @functools.cache
 def jitted(make_step: Callable[..., Callable], mesh: jax.sharding.Mesh, *args) -> Callable:
   """`jax.jit(make_step(*args))`, its outputs replicated; one per arguments, so evaluators of
   one kind share its compilations."""
   return jax.jit(make_step(*args), out_shardings=NamedSharding(mesh, P()))
-
-
-def gather(x: jax.Array) -> np.ndarray:
-  """The whole global array on every host (`process_allgather`, as `features.extract`)."""
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def features(run: Run, params: Any, data: input_pipeline.EvalBatches
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """(pre_logits, integer labels) of every real example of `data`, in order, on the host.
-
-  One-hot or multi-hot labels become their argmax.
-  """
-  feats, labels = [], []
-  for batch in data:
-    mask = gather(batch["_mask"]).astype(bool)
-    _, pre_logits = apply(run.model, params, batch["image"])
-    label = gather(batch["label"])
-    feats.append(gather(pre_logits)[mask].astype(np.float32))
-    labels.append((label.argmax(-1) if label.ndim > 1 else label)[mask].astype(np.int64))
-  return np.concatenate(feats), np.concatenate(labels)
 
 
 def sum_over(data: Iterator[Mapping[str, jax.Array]],

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +102,7 @@ def objectnet_mapping(directory: str, where: str) -> dict[str, list[int]]:
                     "the mappings/ folder of ObjectNet 1.0") from None
 
 
-def mapping_matrix(mapping: Mapping[str, list[int]], class_names: list[str] | None,
+def mapping_matrix(mapping: Mapping[str, list[int]], class_names: Sequence[str] | None,
                    num_dataset_classes: int, num_classes: int) -> np.ndarray:
   """(dataset classes, head classes) bool: row l is True at the head classes that are l."""
   index_of = {name: i for i, name in enumerate(class_names or [])}
@@ -153,7 +153,7 @@ class Evaluator(inference.OneSplit):
 
   def run_on(self, params: Any) -> dict[str, float]:
     if self._matrix is None:
-      names = class_names(self.data.source)
+      names = self.data.source.class_names
       size = self.data.source.num_classes or len(names or []) or (
           1 + max(int(k) for k in self.mapping if k.isdigit()))
       self._matrix = jnp.asarray(
@@ -165,13 +165,3 @@ class Evaluator(inference.OneSplit):
     counted = float(sums["counted"])
     return {"top1": float(sums["top1"]) / counted, "top5": float(sums["top5"]) / counted,
             "num_counted": counted}
-
-
-def class_names(source) -> list[str] | None:
-  """The dataset's class names in label order, where it has any."""
-  names = getattr(source, "class_names", None)
-  if names is None and hasattr(source, "builder"):
-    label = source.builder.info.features.get("label") if hasattr(
-        source.builder.info.features, "get") else None
-    names = getattr(label, "names", None)
-  return list(names) if names else None

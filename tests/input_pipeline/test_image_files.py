@@ -61,7 +61,7 @@ def test_from_folder_keeps_the_folders_order_and_labels(tmp_path, write_folder):
   files = ImageFiles.from_folder(folder, "train")
   want = [(e["file_name"], e["label"]) for e in _read(folder, "train")]
   assert [(e["file_name"], e["label"]) for e in _read(files)] == want
-  assert files.class_names == ["cat", "dog"]
+  assert files.class_names == ("cat", "dog") and files.image_shape is None
 
 
 def test_undecodable_finds_broken_files_not_odd_ones(tmp_path):

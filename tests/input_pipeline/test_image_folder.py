@@ -16,7 +16,8 @@ def _read(source, split="train", **kw):
 def test_class_layout_labels_sorted_class_folders(tmp_path, write_folder):
   write_folder(tmp_path, {"zebra": 2, "ant": 3, "moth": 1})
   source = ImageFolder(str(tmp_path))
-  assert source.class_names == ["ant", "moth", "zebra"]
+  assert source.class_names == ("ant", "moth", "zebra")
+  assert source.image_shape is None  # Files of any size: unknown until decoded.
   assert source.split_sizes == {"train": 6}
   examples = _read(source)
   assert len(examples) == 6
@@ -30,7 +31,7 @@ def test_split_layout_shares_class_ids_across_splits(tmp_path, write_folder):
   write_folder(tmp_path, {"train/cat": 2, "train/dog": 2, "test/dog": 1,
                           "test/emu": 1})
   source = ImageFolder(str(tmp_path))
-  assert source.class_names == ["cat", "dog", "emu"]
+  assert source.class_names == ("cat", "dog", "emu")
   assert source.split_sizes == {"test": 2, "train": 4}
   test_labels = sorted(ex["label"] for ex in _read(source, "test"))
   assert test_labels == [1, 2]

@@ -26,6 +26,7 @@ def test_index_survives_keep_and_the_source_passes_through(tmp_path, write_folde
   folder = ImageFolder(str(tmp_path))
   source = Indexed(folder)
   assert source.class_names == folder.class_names and source.num_classes == 2
+  assert Indexed(digits).image_shape == digits.image_shape == (8, 8, 1)
   pp = ops.get_preprocess_fn("decode|keep('image')")
   assert [int(pp(ex)[INDEX]) for ex in source.read("train")] == [0, 1, 2]
   # TFDS: shards of the test split, read by two processes, cover it in order.

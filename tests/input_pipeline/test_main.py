@@ -13,7 +13,7 @@ def test_describe_shows_split_size_classes_and_batch(tfds_dir):
   lines = describe("bit_digits", "train[:800]",
                    "decode|resize(16)|value_range(-1, 1)|onehot(10)",
                    tfds_dir, 4)
-  assert lines[0] == "bit_digits: classes 10"
+  assert lines[0] == "bit_digits: classes 10 (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"
   assert lines[1] == "train[:800]: 800 examples"
   assert "image: float32 (4, 16, 16, 3) in [-1, " in "\n".join(lines)
   assert "_mask: bool (4,)" in "\n".join(lines)

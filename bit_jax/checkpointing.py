@@ -10,7 +10,7 @@ that cannot be used (a data file truncated, bytes flipped: NaN, or numbers merel
 found when it is restored: `Checkpointer.restore_good` logs it in one line and falls back to
 the newest one that restores whole, finite and as saved. A run (`restore_or_initialize`)
 renames the damaged step to `<step>.unreadable-<time>` (`atomic_files.move_aside`: kept,
-never deleted; orbax no longer sees it as a step); a reader of another run (`read_params`)
+never deleted; orbax does not list it as a step); a reader of another run (`read_params`)
 leaves it. With no good checkpoint left, it stops with one line and moves nothing.
 
 A `train.py` workdir holds `checkpoints/<step>/`, `settings.json` (`bit_jax.run_settings`:
@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from bit_jax import atomic_files, models, pretrained, run_settings, zoo
-from bit_jax.errors import CheckpointError, UserError
+from bit_jax.errors import CheckpointError, UserError, one_line
 
 CHECKPOINT_DIR = "checkpoints"  # <workdir>/checkpoints/<step>: a train.py run's checkpoints.
 EXPORT_NAME = "params.npz"  # <workdir>/params.npz: a finished train.py run's parameters.
@@ -78,21 +78,12 @@ class Checkpointer:
       self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
                          custom_metadata=metadata)
 
-  def param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-    """`{"block1/unit01/conv1/kernel": shape, ...}` of checkpoint `step`, from its metadata
-    (no array is read)."""
-    params = self._manager.item_metadata(step)["params"]
-    leaves = jax.tree_util.tree_flatten_with_path(
-        params, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-            for path, leaf in leaves}
-
   def newest_param_shapes(self) -> tuple[int | None, dict[str, tuple[int, ...]] | None]:
-    """(step, `param_shapes(step)`) of the newest checkpoint whose metadata reads, or
-    (None, None) when there is none."""
+    """(step, `pretrained.param_shapes` of its params) of the newest checkpoint whose metadata
+    reads (no array is read), or (None, None) when there is none."""
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        return step, self.param_shapes(step)
+        return step, pretrained.param_shapes(self._manager.item_metadata(step)["params"])
       except Exception:  # pylint: disable=broad-except  # Damaged: `restore_good` says so.
         continue
     return None, None
@@ -124,7 +115,7 @@ class Checkpointer:
       try:
         state = self.restore(abstract_state, step)
       except Exception as e:  # pylint: disable=broad-except  # Orbax's, for any damage.
-        problem = f"it does not restore ({type(e).__name__}: {_first_line(e)})"
+        problem = f"it does not restore ({one_line(e)})"
       else:
         problem = self._problem(step, state)
         if problem is None:
@@ -185,11 +176,10 @@ class Checkpointer:
       yield
     except Exception as e:  # pylint: disable=broad-except
       self._in_flight = None
-      reason = (str(e).strip().splitlines() or [""])[0]
       kept = sorted(int(n) for n in _listdir(self.directory) if n.isdigit())
       raise CheckpointError(
           f"writing checkpoint step {step} to {self.directory} failed: "
-          f"{type(e).__name__}: {reason}; the checkpoints already there are intact "
+          f"{one_line(e)}; the checkpoints already there are intact "
           f"(steps: {', '.join(map(str, kept)) or 'none'})") from e
 
 
@@ -234,12 +224,6 @@ def _leaves(tree: Any, keep: Callable[[Any], bool]) -> dict[str, Any]:
   return leaves
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-  line = (str(e).strip().splitlines() or [""])[0]
-  line = line.split(" See full TensorStore details")[0]  # A dump of the array's spec follows.
-  return line if len(line) <= limit else line[:limit] + "..."
-
-
 def _listdir(directory: str) -> list[str]:
   try:
     return os.listdir(directory)
@@ -267,7 +251,10 @@ def restore_or_initialize(checkpointer: Checkpointer, abstract_state: Any,
       if other.latest_step() is None:
         raise UserError(f"config.resume={resume!r} holds no checkpoint; expected a "
                         "directory of step folders such as <workdir>/checkpoints")
-      check_param_shapes(other, abstract_state, f"config.resume={resume!r}")
+      step, found = other.newest_param_shapes()
+      check_param_shapes(step, found, pretrained.param_shapes(abstract_state.params),
+                         f"config.resume={resume!r}",
+                         "resume from a run of the same model and num_classes")
       state, step = other.restore_good(abstract_state)  # Another run's: only read.
     finally:
       other.close()
@@ -339,20 +326,15 @@ def _warn_if_unfinished(workdir: str, step: int) -> None:
       workdir, EXPORT_NAME, step, of_total)
 
 
-def check_param_shapes(checkpointer: Checkpointer, abstract_state: Any, source: str) -> None:
-  """`UserError` (one line) when the newest checkpoint whose metadata reads holds parameters
-  of other shapes than `abstract_state.params`: another model or head, which orbax would
-  refuse step by step as if each checkpoint were damaged. Shapes only: any mesh may read it."""
-  step, found = checkpointer.newest_param_shapes()
-  if found is None:
-    return  # None reads: `restore_good` says what is wrong with each.
-  leaves = jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
-  expected = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-              for path, leaf in leaves}
-  if found != expected:
+def check_param_shapes(step: int | None, found: dict[str, tuple[int, ...]] | None,
+                       expected: dict[str, tuple[int, ...]], source: str, remedy: str) -> None:
+  """`UserError` (one line) when `found`, the parameter shapes of checkpoint `step` in `source`
+  (`Checkpointer.newest_param_shapes`; None: no metadata reads, `restore_good` will say why),
+  are not the config's `expected`: another model or head, which orbax would refuse step by
+  step as if each checkpoint were damaged. `remedy` says what to do instead."""
+  if found is not None and found != expected:
     raise UserError(f"{source} holds a {pretrained.describe(found)} run (step {step}); the "
-                    f"config's model is a {pretrained.describe(expected)}: resume from a run "
-                    "of the same model and num_classes")
+                    f"config asks for a {pretrained.describe(expected)}: {remedy}")
 
 
 def abstract_of(tree: Any) -> Any:

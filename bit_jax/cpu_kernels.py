@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bit_jax import models
+from bit_jax import normalization
 
 
 class GroupNormReLU(nn.Module):
@@ -27,8 +27,8 @@ class GroupNormReLU(nn.Module):
   Differentiated by autodiff, XLA:CPU fuses each block's chain of GroupNorm gradients along
   the residual stream into fusions that recompute the per-group terms for every element.
   """
-  groups: int = models.GROUPS
-  epsilon: float = models.GN_EPSILON
+  groups: int = normalization.GROUPS
+  epsilon: float = normalization.GN_EPSILON
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -40,9 +40,9 @@ class GroupNormReLU(nn.Module):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                    groups: int = models.GROUPS, epsilon: float = models.GN_EPSILON
-                    ) -> jax.Array:
-  """relu(models.group_norm(x, scale, bias)): statistics in float32, output in x's dtype.
+                    groups: int = normalization.GROUPS,
+                    epsilon: float = normalization.GN_EPSILON) -> jax.Array:
+  """relu(normalization.group_norm(x, scale, bias)): statistics in float32, output in x's dtype.
 
   Normalisation and the affine map are applied as one per-(example, channel) scale and
   shift; the gradient is two per-channel sums over the spatial axes and one elementwise pass.
@@ -150,14 +150,9 @@ class Conv(nn.Module):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def standardize_weights(params: Any) -> Any:
-  """`models.standardize_weights` by `weight_standardize` below."""
-  return jax.tree.map(lambda p: weight_standardize(p) if p.ndim == 4 else p, params)
-
-
 @jax.custom_vjp
 def weight_standardize(kernel: jax.Array) -> jax.Array:
-  """`models.weight_standardize` with its gradient written out, in one pass.
+  """`normalization.weight_standardize` with its gradient written out, in one pass.
 
   The kernel is viewed as (H*W*in, out), so both statistics are column reductions;
   differentiated through the two reductions, XLA:CPU ran the backward at a fraction of
@@ -169,7 +164,7 @@ def weight_standardize(kernel: jax.Array) -> jax.Array:
 def _weight_standardize_fwd(kernel):
   columns = kernel.reshape(-1, kernel.shape[-1])
   centred = columns - jnp.mean(columns, axis=0)
-  inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=0) + models.WS_EPSILON)
+  inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=0) + normalization.WS_EPSILON)
   standardized = centred * inv_std
   return standardized.reshape(kernel.shape), (standardized, inv_std)
 
@@ -184,6 +179,8 @@ def _weight_standardize_bwd(residuals, grad):
 
 
 weight_standardize.defvjp(_weight_standardize_fwd, _weight_standardize_bwd)
+standardize_weights = functools.partial(normalization.standardize_weights,
+                                        standardize=weight_standardize)
 
 
 # The model fields `get_model(kernels="cpu")` replaces.

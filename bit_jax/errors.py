@@ -36,3 +36,11 @@ class Preempted(SystemExit):
 
   def __init__(self):
     super().__init__(EXIT_PREEMPTED)
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """`e` as one line: its type and the first line of its message, cut at `limit` characters
+  and before the dump of an array's spec that follows orbax's TensorStore errors."""
+  line = next((text.strip() for text in str(e).splitlines() if text.strip()), "")
+  line = line.split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {line if len(line) <= limit else line[:limit] + '...'}"

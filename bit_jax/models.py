@@ -24,12 +24,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bit_jax import cpu_kernels
 from bit_jax.errors import UserError
+from bit_jax.normalization import GN_EPSILON, GROUPS, group_norm, standardize_weights
 
 ModuleDef = Any  # A flax module class, or a functools.partial of one.
-GROUPS = 32  # GroupNorm groups throughout, as in BiT.
-GN_EPSILON = 1e-5
-WS_EPSILON = 1e-10  # Weight standardization; tiny because it divides a kernel's std.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,35 +63,7 @@ MODEL_NAMES.update({name: name for name in TINY_ARCHITECTURES})
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # Compute dtypes by config name.
 
 
-def weight_standardize(kernel: jax.Array, epsilon: float = WS_EPSILON) -> jax.Array:
-  """Zero mean, unit variance per output channel over (H, W, in) of an HWIO kernel."""
-  mean = jnp.mean(kernel, axis=(0, 1, 2))
-  var = jnp.var(kernel, axis=(0, 1, 2))
-  return (kernel - mean) * jax.lax.rsqrt(var + epsilon)
-
-
-def standardize_weights(params: Any) -> Any:
-  """`params` with every convolution kernel (each 4-D, HWIO leaf) weight-standardized.
-
-  BiT standardizes all its convolutions and nothing else has four dimensions (the head is
-  dense), so a convolution a researcher adds is standardized too.
-  """
-  return jax.tree.map(lambda p: weight_standardize(p) if p.ndim == 4 else p, params)
-
-
 Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=nn.initializers.he_normal())
-
-
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int = GROUPS,
-               epsilon: float = GN_EPSILON) -> jax.Array:
-  """GroupNorm of NHWC `x`: statistics per example over the spatial axes and each group's
-  channels, computed in float32; the output has x's dtype."""
-  n, channels = x.shape[0], x.shape[-1]
-  grouped = x.astype(jnp.float32).reshape(n, -1, groups, channels // groups)
-  mean = jnp.mean(grouped, axis=(1, 3), keepdims=True)
-  var = jnp.mean(jnp.square(grouped - mean), axis=(1, 3), keepdims=True)
-  normalized = ((grouped - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
-  return (normalized * scale + bias).astype(x.dtype)
 
 
 class GroupNormAct(nn.Module):
@@ -264,10 +235,7 @@ def get_model(name: str, num_classes: int | None = None, *, dtype: Any = jnp.flo
   `mesh.devices.flat[0].platform`); default: JAX's default backend.
   """
   kernels = resolve_kernels(kernels, platform)
-  ops = {}
-  if kernels == "cpu":
-    from bit_jax import cpu_kernels  # pylint: disable=import-outside-toplevel  # It imports us.
-    ops = cpu_kernels.OPS
+  ops = cpu_kernels.OPS if kernels == "cpu" else {}
   dtype = compute_dtype(dtype) if isinstance(dtype, str) else dtype
   return ResNetV2(get_architecture(name), num_classes=num_classes, dtype=dtype, remat=remat,
                   head_bias_init=head_bias_init, **ops)

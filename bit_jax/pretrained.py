@@ -53,7 +53,7 @@ def fit(params: Mapping[str, Any], model: models.ResNetV2, *, reset_head: bool =
   classes) or when `reset_head`; it is dropped when the model has none. Every backbone
   array must be present with the model's shape, and nothing else may be in `params`.
   """
-  expected = _expected_shapes(model)
+  expected = model_param_shapes(model)
   given = {key: np.asarray(value) for key, value in npz.flatten(params).items()}
 
   missing = [k for k in expected if k not in given and not k.startswith(HEAD)]
@@ -78,12 +78,20 @@ def fit(params: Mapping[str, Any], model: models.ResNetV2, *, reset_head: bool =
   return npz.unflatten(fitted), report
 
 
-def _expected_shapes(model: models.ResNetV2) -> dict[str, tuple[int, ...]]:
+def model_param_shapes(model: models.ResNetV2) -> dict[str, tuple[int, ...]]:
+  """`param_shapes` of `model`'s parameters, none of them computed."""
   # Shapes do not depend on the image size: 32 px is the smallest that reaches block4.
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
-  leaves = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
-  return {"/".join(p.key for p in path): tuple(s.shape) for path, s in leaves}
+  return param_shapes(variables["params"])
+
+
+def param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
+  """`{"block1/unit01/conv1/kernel": shape, ...}` of a params tree whose leaves have a shape:
+  arrays, `jax.ShapeDtypeStruct`s, or a checkpoint's array metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves}
 
 
 def describe(shapes: Mapping[str, tuple[int, ...]]) -> str:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bit_jax import models, npz
+from bit_jax import models, normalization, npz
 from bit_jax.errors import UserError
 from tests import reference_bit_numpy as ref
 from tests.official_layout import make_official_weights
@@ -141,7 +141,7 @@ def test_unit_matches_the_reference(weights, prefix, strides, channels, size):
 def test_weight_standardization_epsilon_is_pinned():
   # Per-channel variance ~1e-10: eps 1e-10 halves the scale; eps 1e-5 would crush it.
   kernel = np.random.default_rng(3).normal(size=(3, 3, 4, 2)) * 1e-5
-  ours = np.asarray(models.weight_standardize(jnp.asarray(kernel, jnp.float32)))
+  ours = np.asarray(normalization.weight_standardize(jnp.asarray(kernel, jnp.float32)))
   np.testing.assert_allclose(ours, ref.standardize(kernel), rtol=1e-3, atol=1e-4)
   assert 0.3 < np.std(ours) < 0.95
 
@@ -165,7 +165,7 @@ def test_group_norm_matches_the_reference_with_a_large_mean():
   x = np.random.default_rng(4).normal(100.0, 0.1, (2, 5, 6, 64)).astype(np.float32)
   scale = np.random.default_rng(5).uniform(0.5, 1.5, 64)
   bias = np.random.default_rng(6).normal(size=64)
-  ours = models.group_norm(jnp.asarray(x), scale, bias)
+  ours = normalization.group_norm(jnp.asarray(x), scale, bias)
   np.testing.assert_allclose(ours, ref.group_norm(x, scale, bias), rtol=1e-3, atol=1e-3)
 
 

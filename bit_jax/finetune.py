@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import shutil
 from typing import Any
 
 import jax
@@ -103,16 +105,51 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
               fsdp_min_size=fsdp_min_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class KeptRun:
+  """Where and as what `finetune` keeps a run: `directory` holds its checkpoints while it
+  trains (a rerun resumes from them), then its model (`bit_jax.run_dir`), whose card gets
+  these fields and the plan's steps and the test metrics in its provenance."""
+  directory: str
+  model: str  # The model's name, e.g. BiT-M-R50x1.
+  class_names: tuple[str, ...]
+  provenance: dict[str, Any]  # Where the run came from: init, dataset, split, seed, ...
+  label_mapping: str = "identity"
+
+  @property
+  def checkpoints(self) -> str:
+    return os.path.join(self.directory, checkpointing.CHECKPOINT_DIR)
+
+
 def finetune(model: models.ResNetV2, params: Any, train_source, train_split: str,
              test_source, test_split: str, num_classes: int, plan: Plan, *, seed: int,
              mesh: jax.sharding.Mesh, cache_train: bool = False,
-             checkpoint_dir: str | None = None) -> tuple[dict[str, Any], Any]:
+             keep: KeptRun | None = None) -> tuple[dict[str, Any], Any]:
   """Fine-tunes `params` by `plan` (see `train`); returns (test top-1, ECE and the example
-  count; the fine-tuned parameters, on the host)."""
+  count; the fine-tuned parameters, on the host). With `keep`, the run is resumable and
+  leaves its model (`keep_run`)."""
   params = train(model, params, train_source, train_split, num_classes, plan, seed=seed,
-                 mesh=mesh, cache_train=cache_train, checkpoint_dir=checkpoint_dir)
+                 mesh=mesh, cache_train=cache_train,
+                 checkpoint_dir=None if keep is None else keep.checkpoints)
   result = evaluate(model, params, test_source, test_split, num_classes, plan, mesh=mesh)
-  return result, jax.device_get(params)
+  params = jax.device_get(params)
+  if keep is not None:
+    keep_run(keep, params, plan, result)
+  return result, params
+
+
+def keep_run(keep: KeptRun, params: Any, plan: Plan, result: dict[str, Any]) -> None:
+  """Writes the fine-tuned model into `keep.directory` (process 0) and removes the run's
+  checkpoints: params.npz holds what they led to."""
+  if jax.process_index() != 0:
+    return
+  card = run_dir.ModelCard(
+      model=keep.model, class_names=keep.class_names, resize=plan.resize, crop=plan.crop,
+      pp_image=run_dir.pp_image(plan.crop), label_mapping=keep.label_mapping,
+      provenance={**keep.provenance, "steps": plan.schedule[-1], "trainable": plan.trainable,
+                  "eval_batch_size": plan.eval_batch_size, **result})
+  run_dir.write(keep.directory, params, card)
+  shutil.rmtree(keep.checkpoints, ignore_errors=True)
 
 
 def train(model: models.ResNetV2, params: Any, train_source, train_split: str,

@@ -1,25 +1,27 @@
-"""What a `train.py` workdir's run was started with: `<workdir>/settings.json`.
+"""What a run's results depend on: `<directory>/settings.json`, the one record of a `train.py`
+workdir, a transfer run directory and a VTAB workdir.
 
-Written when a run first starts (after every check passed), it holds the config fields that
-change what the run computes (`FIELDS`) and the run's total steps. Rerunning `train.py` on
-the workdir resumes it only with the same `FIELDS`: another learning rate, seed, dataset or
-preprocessing is refused with one line naming the field, its recorded and its new value,
-since the checkpoints could not show that half the run came from other settings. The total
-steps may change (a run is continued further, or ended earlier if not yet past it); the file
-then records the new total. A workdir from before this file existed, or whose file is
-unreadable (moved aside), is resumed as it is and the file written from the current settings.
+    run_settings.check(directory, settings, guards=[checkpoints])  # before anything is written
+    run_settings.record(directory, settings)                       # once the run starts
 
-`total_steps(workdir)` lets a reader (`checkpointing.load_init`) tell how far an unfinished
-run got.
+A rerun on the directory continues it, or reuses its results, only with the same settings:
+another value is refused with one line naming each changed field, its recorded and its new
+value (`lr_per_256 0.4 -> 0.1`; a nested field as `plan.base_lr`), since nothing in the results
+could show that part of them came from other settings. Fields named `may_change` (train.py's
+total steps) are recorded anew instead.
+
+No file: nothing to compare with (a new directory); the settings are recorded. An unreadable
+file (truncated, not a JSON object): when the directory holds none of the results it guards,
+it is moved aside with a warning and written again from the current settings; otherwise the
+run is refused, since nothing could show what those results came from.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterable
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -27,64 +29,97 @@ from bit_jax import atomic_files
 from bit_jax.errors import UserError
 
 SETTINGS_NAME = "settings.json"
-# Fields whose change would make a resumed run another run. Not here: cadences (log, eval,
-# checkpoint), the eval split and batch, accum_steps, remat and kernels (same result, other
-# memory or speed), data_dir, and init/resume (read only when a run first starts).
-FIELDS = ("model", "num_classes", "dtype", "image_size", "dataset", "train_split",
-          "num_train_examples", "pp_train", "shuffle_buffer", "loss", "batch_size",
-          "lr_per_256", "schedule", "warmup_steps", "decay_epochs", "momentum", "weight_decay",
-          "weight_decay_style", "grad_clip_norm", "seed")
-TOTAL_STEPS = "total_steps"  # The run's length in steps, from total_steps or total_epochs.
+
+# A train.py run's fields whose change would make a resumed run another run. Not here:
+# cadences (log, eval, checkpoint), the eval split and batch, accum_steps, remat and kernels
+# (same result, other memory or speed), data_dir, and init/resume (read only when a run first
+# starts).
+UPSTREAM_FIELDS = (
+    "model", "num_classes", "dtype", "image_size", "dataset", "train_split",
+    "num_train_examples", "pp_train", "shuffle_buffer", "loss", "batch_size", "lr_per_256",
+    "schedule", "warmup_steps", "decay_epochs", "momentum", "weight_decay",
+    "weight_decay_style", "grad_clip_norm", "seed")
+TOTAL_STEPS = "total_steps"  # A train.py run's length: it may be continued further.
 
 
-def settings_of(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, Any]:
-  """The record of `config`: `FIELDS` (as JSON has them) and the total steps."""
-  settings = json.loads(json.dumps({field: config[field] for field in FIELDS}))
-  return {**settings, TOTAL_STEPS: total_steps}
+def upstream(config: ml_collections.ConfigDict, total_steps: int) -> dict[str, Any]:
+  """A train.py run's settings: `UPSTREAM_FIELDS` of `config` and its total steps."""
+  return {**{field: config[field] for field in UPSTREAM_FIELDS}, TOTAL_STEPS: total_steps}
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, total_steps: int) -> None:
-  """`UserError` (one line: the field, recorded and new value) when `workdir` records a run
-  of other `FIELDS`. Reads only."""
-  recorded = read(workdir)
+def check(directory: str | os.PathLike, settings: dict[str, Any], *,
+          guards: Iterable[str | os.PathLike] = (), may_change: Iterable[str] = ()) -> None:
+  """`UserError` (one line) when `directory` records other `settings` (but for `may_change`),
+  or an unreadable record while any of `guards` (the results it vouches for) exists. Reads
+  only."""
+  path = os.path.join(directory, SETTINGS_NAME)
+  try:
+    recorded = atomic_files.read_json_object(path)
+  except atomic_files.Unusable as e:
+    present = [os.fspath(g) for g in guards if os.path.lexists(g)]
+    if present:
+      more = f" and {len(present) - 1} more" if len(present) > 1 else ""
+      raise UserError(f"{path} is unreadable ({e}), so nothing shows what {present[0]}{more} "
+                      "came from: move it aside to accept them under the current settings, "
+                      "or use another --workdir") from None
+    return  # `record` moves it aside.
   if recorded is None:
     return
-  current = settings_of(config, total_steps)
-  changed = [f"{field} {recorded[field]!r} -> {current[field]!r}" for field in FIELDS
-             if field in recorded and recorded[field] != current[field]]
+  changed = _changes(recorded, settings, tuple(may_change))
   if changed:
-    raise UserError(f"this workdir's run was started with other settings ({'; '.join(changed)}"
-                    f"; recorded in {os.path.join(workdir, SETTINGS_NAME)}): rerun with its "
-                    "settings to resume it, or use another workdir")
+    raise UserError(f"{directory} holds a run started with other settings "
+                    f"({'; '.join(changed)}; recorded in {path}): rerun with those settings, "
+                    "or use another --workdir")
 
 
-def record(config: ml_collections.ConfigDict, workdir: str, total_steps: int) -> None:
-  """Writes settings.json (process 0), unless it already holds these settings."""
-  path = os.path.join(workdir, SETTINGS_NAME)
-  current = settings_of(config, total_steps)
-  recorded = read(workdir)
+def record(directory: str | os.PathLike, settings: dict[str, Any]) -> None:
+  """Writes settings.json (process 0) unless it already holds `settings`; logs the fields
+  that changed (those `check` let change), and moves an unreadable file aside first."""
+  path = os.path.join(directory, SETTINGS_NAME)
+  try:
+    recorded = atomic_files.read_json_object(path)
+  except atomic_files.Unusable as e:
+    atomic_files.set_aside(path, str(e), "it is written again from the current settings")
+    recorded = None
+  current = _as_json(settings)
   if recorded == current:
     return
-  if recorded is not None and recorded.get(TOTAL_STEPS) != total_steps:
-    logging.info("Total steps %s -> %d, recorded in %s.", recorded.get(TOTAL_STEPS),
-                 total_steps, path)
-  elif recorded is None and os.path.lexists(path) and jax.process_index() == 0:
-    logging.warning("%s is unreadable: moved to %s; writing it again from the current "
-                    "settings.", path, atomic_files.move_aside(path))
+  if recorded is not None:
+    logging.info("%s: %s", path, "; ".join(_changes(recorded, current, ())))
   atomic_files.write_json(path, current)
 
 
-def read(workdir: str) -> dict[str, Any] | None:
+def read(directory: str | os.PathLike) -> dict[str, Any] | None:
   """settings.json's record, or None when it is missing or unreadable."""
   try:
-    with open(os.path.join(workdir, SETTINGS_NAME), encoding="utf-8") as f:
-      recorded = json.load(f)
-  except (OSError, ValueError):
+    return atomic_files.read_json_object(os.path.join(directory, SETTINGS_NAME))
+  except atomic_files.Unusable:
     return None
-  return recorded if isinstance(recorded, dict) and recorded else None
 
 
-def total_steps(workdir: str) -> int | None:
-  """The total steps `workdir`'s run was started (or last continued) with, if recorded."""
+def total_steps(workdir: str | os.PathLike) -> int | None:
+  """The total steps a train.py workdir's run was started (or last continued) with."""
   total = (read(workdir) or {}).get(TOTAL_STEPS)
   return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def _as_json(settings: dict[str, Any]) -> dict[str, Any]:
+  """As settings.json holds them: tuples as lists."""
+  return json.loads(json.dumps(settings))
+
+
+def _changes(recorded: dict, settings: dict, may_change: tuple[str, ...]) -> list[str]:
+  """`field old -> new` for each field (nested as `a.b`) that differs, in `settings`' order."""
+  old, new = _flat(recorded), _flat(_as_json(settings))
+  return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in dict.fromkeys([*new, *old])
+          if key.split(".")[0] not in may_change and old.get(key) != new.get(key)]
+
+
+def _flat(settings: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in settings.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat

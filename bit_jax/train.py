@@ -73,7 +73,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpointer, abstract_state, init_state, model, resume=config.resume, init=config.init)
   start_step = int(state.step)
   logging.info("Starting at step %d of %d: %s", start_step, total_steps, origin)
-  run_settings.record(config, workdir, total_steps)  # What a rerun must match (settings.json).
+  # What a rerun must match (settings.json).
+  run_settings.record(workdir, run_settings.upstream(config, total_steps))
 
   train_step = jax.jit(
       train_step_lib.make_train_step(model, optimizer, loss_fn, schedule,
@@ -178,16 +179,12 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str, model: models
   if step > total_steps:
     raise UserError(f"this workdir holds step {step}, beyond total_steps {total_steps}: set "
                     f"total_steps >= {step} to continue it, or use another workdir")
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, config.image_size, config.image_size, 3))))["params"]
-  expected = {"/".join(k.key for k in path): tuple(leaf.shape)
-              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  if found != expected:
-    raise UserError(f"this workdir holds a {pretrained.describe(found)} run; the config asks "
-                    f"for a {pretrained.describe(expected)} (model={config.model}, "
-                    f"num_classes={config.num_classes}): use another workdir, or the run's "
-                    "model and num_classes")
-  run_settings.check(config, workdir, total_steps)
+  checkpointing.check_param_shapes(
+      step, found, pretrained.model_param_shapes(model), "this workdir",
+      "use another workdir, or the run's model and num_classes in place of "
+      f"model={config.model}, num_classes={config.num_classes}")
+  run_settings.check(workdir, run_settings.upstream(config, total_steps), guards=[directory],
+                     may_change=[run_settings.TOTAL_STEPS])
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:

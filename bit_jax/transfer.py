@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -33,14 +32,13 @@ from clu import metric_writers
 
 import input_pipeline
 from input_pipeline import derived
-from bit_jax import atomic_files, checkpointing, distributed, fewshot, finetune
+from bit_jax import atomic_files, checkpointing, distributed, fewshot_classifiers, finetune
 from bit_jax import features as features_lib
-from bit_jax import host_allocator, linear_eval, models, run_dir
+from bit_jax import host_allocator, linear_eval, models, run_dir, run_settings
 from bit_jax.errors import UserError
 
 RESULTS_NAME = "results.json"
 RUNS_DIR = "runs"
-SETTINGS_NAME = "settings.json"
 RESULT_NAME = "result.json"
 
 
@@ -77,7 +75,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     for seed in config.seeds:
       train_source, size = source, num_train
       if shots:
-        chosen = fewshot.select_few_shot(train_labels, shots, seed, class_names)
+        chosen = fewshot_classifiers.select_few_shot(train_labels, shots, seed, class_names)
         train_source, size = derived.Subset(source, config.train_split, chosen), len(chosen)
       jobs.append((shots, seed, train_source, finetune.make_plan(config, size, image_hw)))
   linear_plan = finetune.make_plan(config, num_train, image_hw) if methods else None
@@ -128,70 +126,41 @@ def _finetune_run(model, params, train_source, source, config, plan, seed, mesh,
                   directory, class_names, *, cache: bool) -> dict[str, Any]:
   """One fine-tuning run, resumed from its checkpoint if it has one; leaves a run directory
   (`bit_jax.run_dir`) and returns the test metrics."""
-  atomic_files.write_json(os.path.join(directory, SETTINGS_NAME), settings)
+  run_settings.record(directory, settings)
   if params is None:
     params = finetune.init_params(model, jax.random.key(seed), plan.crop)
-  checkpoints = os.path.join(directory, checkpointing.CHECKPOINT_DIR)
-  result, params = finetune.finetune(
+  keep = finetune.KeptRun(directory, model=config.model, class_names=class_names,
+                          provenance={k: v for k, v in settings.items() if k != "plan"})
+  result, _ = finetune.finetune(
       model, params, train_source, config.train_split, source, config.test_split,
-      settings["num_classes"], plan, seed=seed, mesh=mesh, cache_train=cache,
-      checkpoint_dir=checkpoints)
-  if jax.process_index() == 0:
-    card = run_dir.ModelCard(
-        model=config.model, class_names=class_names, resize=plan.resize, crop=plan.crop,
-        pp_image=run_dir.pp_image(plan.crop),
-        provenance={**{k: v for k, v in settings.items() if k != "plan"},
-                    "steps": plan.schedule[-1], "trainable": plan.trainable,
-                    "eval_batch_size": plan.eval_batch_size, **result})
-    run_dir.write(directory, params, card)
-    atomic_files.write_json(os.path.join(directory, RESULT_NAME), result)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # params.npz holds what they led to.
+      settings["num_classes"], plan, seed=seed, mesh=mesh, cache_train=cache, keep=keep)
+  atomic_files.write_json(os.path.join(directory, RESULT_NAME), result)
   return result
 
 
 def _plan_settings(plan: finetune.Plan) -> dict[str, Any]:
   """The plan's fields that change a run's numbers (not how often it logs or saves)."""
-  ignored = ("eval_batch_size", "log_every_steps", "checkpoint_every_steps", "accum_steps",
-             "sharding", "fsdp_min_size")
+  ignored = ("eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+             "preemption_check_every_steps", "accum_steps", "sharding", "fsdp_min_size")
   return {k: v for k, v in dataclasses.asdict(plan).items() if k not in ignored}
 
 
 def _finished_result(directory: str, settings: dict) -> dict | None:
   """The result of a finished run in `directory`, None if it has not finished; `UserError`
   if the directory holds a run with other settings (its numbers would be mislabelled)."""
-  stored = atomic_files.read_json(os.path.join(directory, SETTINGS_NAME))
-  if stored is not None and stored != json.loads(json.dumps(settings)):
-    field = _first_difference(stored, json.loads(json.dumps(settings)))
-    raise UserError(f"{directory} holds a run with other settings ({field}); use another "
-                    "--workdir, or the settings it was run with")
-  result = atomic_files.read_json(os.path.join(directory, RESULT_NAME))
+  result_path = os.path.join(directory, RESULT_NAME)
+  run_settings.check(directory, settings, guards=[
+      result_path, os.path.join(directory, checkpointing.CHECKPOINT_DIR)])
+  result = atomic_files.read_json(result_path)
   if result is None or not run_dir.is_run(directory):
     return None
   return result
 
 
-def _first_difference(stored: dict, wanted: dict, prefix: str = "") -> str:
-  for key in sorted(set(stored) | set(wanted)):
-    old, new = stored.get(key), wanted.get(key)
-    if isinstance(old, dict) and isinstance(new, dict):
-      if old != new:
-        return _first_difference(old, new, f"{prefix}{key}.")
-    elif old != new:
-      return f"{prefix}{key} was {old!r}, the config asks for {new!r}"
-  return "none"
-
-
 def _class_names(source, num_classes: int) -> tuple[str, ...]:
-  """Class index -> name, from the folder's sub-folders or TFDS metadata; else the indices."""
-  names = getattr(source, "class_names", None)
-  if names is None:
-    try:
-      names = source.builder.info.features["label"].names
-    except (AttributeError, KeyError, TypeError):
-      names = None
-  if not names or len(names) != num_classes:
-    names = [str(i) for i in range(num_classes)]
-  return tuple(str(n) for n in names)
+  """Class index -> name, from the source's metadata; else the indices."""
+  names = source.class_names
+  return names if names and len(names) == num_classes else tuple(map(str, range(num_classes)))
 
 
 def _check_config(config: ml_collections.ConfigDict, methods: tuple[str, ...]) -> None:
@@ -286,13 +255,9 @@ def _feature_pp(config, method: str, plan: finetune.Plan, num_classes: int) -> s
 
 
 def _image_hw(source) -> tuple[int, int] | None:
-  """(height, width) from TFDS metadata when every image has the same size."""
-  builder = getattr(source, "builder", None)
-  try:
-    shape = builder.info.features["image"].shape
-  except (AttributeError, KeyError, TypeError):
-    return None
-  return tuple(shape[:2]) if None not in shape[:2] else None
+  """(height, width) from the source's metadata when every image has the same size."""
+  hw = (source.image_shape or (None, None))[:2]
+  return None if None in hw else tuple(hw)
 
 
 def summarize(runs: list[dict]) -> list[dict]:

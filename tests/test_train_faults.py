@@ -1,4 +1,4 @@
-"""Nothing hangs, nothing is silently lost (issue #19): a failed checkpoint write, Ctrl-C and
+"""Nothing hangs, nothing is silently lost: a failed checkpoint write, Ctrl-C and
 bad config or workdir inputs each end `train.py` with one line and a documented exit status;
 a damaged latest checkpoint is set aside and the run goes on from the one before."""
 import json
@@ -26,28 +26,12 @@ def _error_lines(stderr):
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-# The write of checkpoint 4 fails in orbax's background thread (its final rename: a full
-# disk), the way a real write fails.
-_FAILING_WRITE = """
-import errno
-from orbax.checkpoint._src.path import async_path
-original_rename = async_path.rename
-async def rename(src, dst):
-  if os.path.basename(str(dst)) == "4":
-    open({marker!r}, "w").close()
-    raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-  return await original_rename(src, dst)
-async_path.rename = rename
-"""
-
-
 def test_failed_checkpoint_write_exits_with_one_line_and_keeps_the_previous(tmp_path):
-  workdir, marker = tmp_path / "run", tmp_path / "failed_at"
+  workdir = tmp_path / "run"
   overrides = dict(TINY, total_steps=6, checkpoint_every_steps=2, keep_checkpoints=1)
-  done = faults.run_demo(workdir, overrides, patch=_FAILING_WRITE.format(marker=str(marker)),
+  done = faults.run_demo(workdir, overrides, fault=("fail_write_at", 4),
                          timeout=300)  # A run that hangs on the failed write fails here.
   assert done.returncode == entry.EXIT_FAILED, done.stderr[-3000:]
-  assert marker.exists()  # The failure was injected, at step 4's write.
   # Orbax logs the failure with its traceback; the run ends on one line, not on a traceback.
   [line] = _error_lines(done.stderr)
   assert line == done.stderr.strip().splitlines()[-1]
@@ -200,15 +184,15 @@ BAD_INPUTS = [
     ("workdir beyond total_steps", dict(total_steps=2), "finished",
      "this workdir holds step 3, beyond total_steps 2"),
     ("workdir of another model", dict(model="tiny-R26"), "finished",
-     "this workdir holds a tiny-R14 (units 1,1,1,1, root width 32, 10-class head) run; the "
-     "config asks for a tiny-R26"),
+     "this workdir holds a tiny-R14 (units 1,1,1,1, root width 32, 10-class head) run (step 3); "
+     "the config asks for a tiny-R26"),
     ("workdir of another head", dict(num_classes=5, pp_train="decode|resize(32)|"
                                      "value_range(-1,1)|onehot(5)",
                                      pp_eval="decode|resize(32)|value_range(-1,1)|onehot(5)"),
-     "finished", "holds a tiny-R14 (units 1,1,1,1, root width 32, 10-class head) run; the "
+     "finished", "holds a tiny-R14 (units 1,1,1,1, root width 32, 10-class head) run (step 3); the "
      "config asks for a tiny-R14 (units 1,1,1,1, root width 32, 5-class head)"),
     ("workdir of another learning rate", dict(lr_per_256=0.1), "finished",
-     "this workdir's run was started with other settings (lr_per_256 0.4 -> 0.1; recorded in "),
+     "holds a run started with other settings (lr_per_256 0.4 -> 0.1; recorded in "),
     ("workdir of another seed and data", dict(seed=1, shuffle_buffer=32), "finished",
      "other settings (shuffle_buffer 64 -> 32; seed 0 -> 1; recorded in "),
 ]
@@ -255,13 +239,15 @@ def test_settings_are_recorded_once_and_a_longer_run_may_continue(tmp_path, fini
   with open(os.path.join(finished_run, run_settings.SETTINGS_NAME)) as f:
     recorded = json.load(f)
   assert recorded["lr_per_256"] == 0.4 and recorded[run_settings.TOTAL_STEPS] == 3
-  assert recorded["model"] == "tiny-R14" and set(run_settings.FIELDS) < recorded.keys()
+  assert recorded["model"] == "tiny-R14" and set(run_settings.UPSTREAM_FIELDS) < recorded.keys()
   config = demo.get_config()
   config.update({**FINISHED, "total_steps": 5})
-  run_settings.check(config, finished_run, 5)  # Continuing further is the same run.
+  settings = run_settings.upstream(config, 5)
+  run_settings.check(finished_run, settings,  # Continuing further is the same run.
+                     may_change=[run_settings.TOTAL_STEPS])
   workdir = tmp_path / "copy"
   shutil.copytree(finished_run, workdir, ignore=shutil.ignore_patterns("checkpoints"))
-  run_settings.record(config, str(workdir), 5)
+  run_settings.record(str(workdir), settings)
   assert run_settings.total_steps(str(workdir)) == 5
 
 

@@ -65,8 +65,8 @@ def test_a_killed_transfer_keeps_its_finished_runs(tmp_path, monkeypatch):
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
   with tfds.testing.mock_data(num_examples=40):
     transfer.finetune_and_evaluate(tiny_configs.transfer(shots=(1,)), str(tmp_path))
-    with pytest.raises(UserError, match=r"holds a run with other settings \(plan.base_lr was "
-                                        r"0.003, the config asks for 0.01\)"):
+    with pytest.raises(UserError, match=r"holds a run started with other settings "
+                                        r"\(plan.base_lr 0.003 -> 0.01; recorded in "):
       transfer.finetune_and_evaluate(tiny_configs.transfer(shots=(1,), base_lr=0.01),
                                      str(tmp_path))
 

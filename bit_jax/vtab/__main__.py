@@ -25,7 +25,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from bit_jax import entry
+from bit_jax import entry, run_settings
 from bit_jax.errors import UserError
 from bit_jax.vtab import protocols, registry, report
 from bit_jax.vtab import run as vtab_run
@@ -71,7 +71,7 @@ def write_report(args: argparse.Namespace) -> None:
 def results_protocol(results_path: str, given: str | None) -> str:
   """The protocol of a results file: what `run` recorded in the settings.json beside it (with
   any departure from the published settings), or `--protocol`; they must agree."""
-  settings_path = pathlib.Path(results_path).with_name(vtab_run.SETTINGS_NAME)
+  settings_path = pathlib.Path(results_path).with_name(run_settings.SETTINGS_NAME)
   try:
     settings = json.loads(settings_path.read_text(encoding="utf-8"))
     recorded = protocols.label(settings)
@@ -86,7 +86,7 @@ def results_protocol(results_path: str, given: str | None) -> str:
       raise UserError(f"--protocol {given} but {settings_path} records {recorded!r}: the "
                       "results ran that protocol")
   if recorded is None and given is None:
-    raise UserError(f"which protocol did {results_path} run? No {vtab_run.SETTINGS_NAME} "
+    raise UserError(f"which protocol did {results_path} run? No {run_settings.SETTINGS_NAME} "
                     f"beside it; give --protocol ({', '.join(protocols.PROTOCOLS)})")
   return recorded or given
 
@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
   reporting.add_argument("--method_name", default="ours")
   reporting.add_argument("--protocol", default=None,
                          help=f"what the results ran ({', '.join(protocols.PROTOCOLS)}); "
-                              f"default: from the {vtab_run.SETTINGS_NAME} beside --results")
+                              f"default: from the {run_settings.SETTINGS_NAME} beside --results")
   reporting.add_argument("--compare", nargs="*", default=list(report.DEFAULT_COMPARE),
                          help="published methods (rows of published_results.csv)")
   reporting.set_defaults(job=write_report)

@@ -30,11 +30,9 @@ other tasks go on, and the next run retries only what did not finish.
 
 A seed or sweep-candidate file that cannot be used (truncated, empty, not a JSON object, no
 finite `top1`) counts as unfinished: it is renamed to `<name>.unreadable-<time>` (never
-deleted), logged in one line, and computed again. An unreadable settings.json is moved aside
-the same way, with a warning, when the workdir holds no seed or candidate files yet (it is
-written again from the current settings). With such files, nothing could show they came
-from the current settings, so the run stops with one line and touches nothing: move the file
-aside to accept them under the current settings, or use a new --workdir.
+deleted), logged in one line, and computed again. settings.json is `bit_jax.run_settings`'
+record, guarding the seed and candidate files: an unreadable one is moved aside when there
+are none, and refused (one line, nothing touched) when there are.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import traceback
 from typing import Any
 
@@ -58,12 +55,11 @@ from absl import logging
 import input_pipeline
 from input_pipeline import derived
 from bit_jax import (atomic_files, checkpointing, distributed, finetune, models, pretrained,
-                     run_dir)
-from bit_jax.errors import NonFiniteLossError, UserError
+                     run_settings)
+from bit_jax.errors import NonFiniteLossError, UserError, one_line
 from bit_jax.vtab import protocols, registry, report
 
 PROTOCOLS = tuple(protocols.PROTOCOLS)
-SETTINGS_NAME = "settings.json"
 RESULTS_NAME = "results.json"
 ERROR_NAME = "error.txt"
 MODEL_DIR = "model"  # runs/<task>/seed<k>/model: the final run's params.npz and model.json.
@@ -100,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Outcom
   def backbone():
     """Once, before the first fine-tuning: a bad --init stops the run with nothing written."""
     params = _load_backbone(config)
-    atomic_files.write_json(workdir / SETTINGS_NAME, settings)
+    run_settings.record(workdir, settings)
     return params
 
   finished, failed = {}, []  # {task: [its seeds' records] or None: failed}.
@@ -239,34 +235,24 @@ class _TaskJob:
     if params is None:
       params = finetune.init_params(self.model, jax.random.key(seed), plan.crop)
     splits = self.task.splits
-    checkpoints = None if keep_in is None else str(keep_in / checkpointing.CHECKPOINT_DIR)
-    result, params = finetune.finetune(
+    keep = None if keep_in is None else finetune.KeptRun(
+        str(keep_in), model=self.config.model,
+        class_names=tuple(map(str, range(self.task.num_classes))),
+        label_mapping=f"VTAB {self.task.name}: {self.task.label} ({self.task.source})",
+        provenance={"init": self.config.init, "dataset": self.task.tfds,
+                    "train_split": splits[train_split], "vtab_task": self.task.name,
+                    "protocol": self.config.protocol, "seed": seed, "base_lr": plan.base_lr})
+    result, _ = finetune.finetune(
         self.model, params, self.source, splits[train_split], self.source, splits[eval_split],
         self.task.num_classes, plan, seed=seed, mesh=self.mesh,
         cache_train=True,  # 1000 examples: decoded once, not per epoch.
-        checkpoint_dir=checkpoints)
-    if keep_in is not None and jax.process_index() == 0:
-      self._keep(keep_in, params, plan, train_split, seed, result)
+        keep=keep)
     return {**result, "train_split": train_split, "eval_split": eval_split,
             "schedule": list(plan.schedule), "resolution": [plan.resize, plan.crop],
             "base_lr": plan.base_lr, "mixup_alpha": plan.mixup_alpha,
             "flip": plan.flip, "random_crop": plan.random_crop,
             "pp_train": plan.pp_train(self.task.num_classes),
             "pp_eval": plan.pp_eval(self.task.num_classes)}
-
-  def _keep(self, directory: pathlib.Path, params, plan: finetune.Plan, train_split: str,
-            seed: int, result: dict) -> None:
-    card = run_dir.ModelCard(
-        model=self.config.model, class_names=tuple(map(str, range(self.task.num_classes))),
-        resize=plan.resize, crop=plan.crop, pp_image=run_dir.pp_image(plan.crop),
-        label_mapping=f"VTAB {self.task.name}: {self.task.label} ({self.task.source})",
-        provenance={"init": self.config.init, "dataset": self.task.tfds,
-                    "train_split": self.task.splits[train_split], "vtab_task": self.task.name,
-                    "protocol": self.config.protocol, "seed": seed, "base_lr": plan.base_lr,
-                    "steps": plan.schedule[-1], "eval_batch_size": plan.eval_batch_size,
-                    **result})
-    run_dir.write(directory, params, card)
-    shutil.rmtree(directory / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
 
   def hyperrule_plan(self, train_split: str, **overrides) -> finetune.Plan:
     """The HyperRule's plan for `train_split`; `overrides` are config fields."""
@@ -322,7 +308,8 @@ def _sweep(job: _TaskJob, seed: int, candidates_dir: pathlib.Path, grid, plan_fo
 def task_source(task: registry.Task, data_dir: str | None):
   """The task's TFDS data with its labels (`task.preprocess`), images still uint8."""
   source = input_pipeline.get_source(task.tfds, data_dir)
-  channels = _stored_channels(source)
+  shape = source.image_shape or (None, None, None)
+  channels = shape[-1] or 3
 
   def preprocess(example):
     # Sources leave images encoded for the pp's `decode`, but the label functions work on
@@ -332,14 +319,8 @@ def task_source(task: registry.Task, data_dir: str | None):
       image = tf.io.decode_image(image, channels=channels, expand_animations=False)
     return task.preprocess({**example, "image": image})
 
-  return derived.Mapped(source, preprocess, num_classes=task.num_classes, name=task.name)
-
-
-def _stored_channels(source) -> int:
-  try:
-    return source.builder.info.features["image"].shape[-1] or 3
-  except (AttributeError, KeyError, TypeError):
-    return 3
+  return derived.Mapped(source, preprocess, num_classes=task.num_classes, name=task.name,
+                        image_shape=(*shape[:2], 3))
 
 
 def _load_backbone(config: ml_collections.ConfigDict):
@@ -351,12 +332,8 @@ def _load_backbone(config: ml_collections.ConfigDict):
 def _check_settings(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
   """The settings results depend on; those a workdir's finished runs came from must match."""
   settings = json.loads(json.dumps({key: config[key] for key in SETTINGS[config.protocol]}))
-  saved = _read_settings(workdir) or settings
-  changed = [f"{key} {saved.get(key)!r} -> {settings.get(key)!r}"
-             for key in dict.fromkeys([*saved, *settings]) if saved.get(key) != settings.get(key)]
-  if changed:
-    raise UserError(f"{workdir} holds results of other settings ({'; '.join(changed)}); "
-                    "rerun with the same ones or use a new --workdir")
+  finished = [*workdir.glob("runs/*/seed*.json"), *workdir.glob("runs/*/seed*/*.json")]
+  run_settings.check(workdir, settings, guards=finished)
   return settings
 
 
@@ -365,8 +342,7 @@ def _record_failure(workdir: pathlib.Path, task: registry.Task, error: Exception
   if jax.process_index() == 0:
     text = "".join(traceback.format_exception(error))
     atomic_files.write(path, lambda f: f.write(text), text=True)
-  lines = str(error).strip().splitlines() or [""]
-  what = lines[0] if isinstance(error, UserError) else f"{type(error).__name__}: {lines[0]}"
+  what = str(error) if isinstance(error, UserError) else one_line(error)  # A UserError is one.
   logging.error("VTAB task %s failed: %s (traceback: %s)", task.name, what, path)
 
 
@@ -389,20 +365,3 @@ def _no_finite_top1(record: dict) -> str | None:
   if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
     return None
   return "no finite top1 in it"
-
-
-def _read_settings(workdir: pathlib.Path) -> dict | None:
-  """settings.json's settings, or None if there are none (see the module docstring)."""
-  path = workdir / SETTINGS_NAME
-  try:
-    return atomic_files.read_json_object(path)
-  except atomic_files.Unusable as e:
-    problem = str(e)
-  finished = [*workdir.glob("runs/*/seed*.json"), *workdir.glob("runs/*/seed*/*.json")]
-  if finished:
-    raise UserError(f"{path} is unreadable ({problem}), so nothing shows that the "
-                    f"{len(finished)} finished result file(s) under {workdir / 'runs'} came "
-                    "from the current settings; move it aside to accept them under these "
-                    "settings, or use a new --workdir")
-  atomic_files.set_aside(path, problem, "it is written again from the current settings")
-  return None

@@ -156,21 +156,25 @@ def _must_not_finetune(*args, **kwargs):
 # --- Failures and the sweep, with a fake fine-tuning ----------------------------------------
 
 class FakeFinetune:
-  """Stands in for `finetune.finetune`: records each call; top-1 from `score(call)`."""
+  """Stands in for `finetune.finetune`: records each call; top-1 from `score(call)`; keeps
+  the model it was asked to keep."""
 
   def __init__(self, score=lambda call: 0.5, fail=()):
     self.calls, self.score, self.fail = [], score, fail
 
   def __call__(self, model, params, train_source, train_split, test_source, test_split,
-               num_classes, plan, *, seed, mesh, cache_train=False, checkpoint_dir=None):
-    del model, test_source, mesh, cache_train, checkpoint_dir
+               num_classes, plan, *, seed, mesh, cache_train=False, keep=None):
+    del model, test_source, mesh, cache_train
     call = {"task": train_source.name, "train": train_split, "eval": test_split,
             "num_classes": num_classes, "lr": plan.base_lr, "steps": plan.schedule[-1],
             "seed": seed, "plan": plan}
     self.calls.append(call)
     if call["task"] in self.fail:
       raise RuntimeError(f"disk on fire under {call['task']}")
-    return {"top1": self.score(call), "ece": 0.25, "num_test_examples": NUM_EXAMPLES}, params
+    result = {"top1": self.score(call), "ece": 0.25, "num_test_examples": NUM_EXAMPLES}
+    if keep is not None:
+      finetune.keep_run(keep, params, plan, result)  # As the real one keeps its model.
+    return result, params
 
 
 @pytest.fixture
@@ -315,9 +319,9 @@ class BatchRecordingFinetune(FakeFinetune):
   `finetune.train` builds it from the plan."""
 
   def __call__(self, model, params, train_source, train_split, test_source, test_split,
-               num_classes, plan, *, seed, mesh, cache_train=False, checkpoint_dir=None):
+               num_classes, plan, *, seed, mesh, cache_train=False, keep=None):
     result = super().__call__(model, params, train_source, train_split, test_source,
-                              test_split, num_classes, plan, seed=seed, mesh=mesh)
+                              test_split, num_classes, plan, seed=seed, mesh=mesh, keep=keep)
     batches = input_pipeline.train_iterator(
         train_source, train_split, plan.pp_train(num_classes), plan.batch_size, mesh,
         seed=seed, shuffle_buffer=plan.shuffle_buffer)
@@ -393,8 +397,8 @@ def test_a_lightweight_workdir_records_its_protocol_and_refuses_another(fake_run
 
   assert fake_run(FakeFinetune(), "--config.tasks=cifar100") == 2  # The hyperrule protocol.
   err = capsys.readouterr().err.strip()
-  assert err.startswith(f"error: {workdir} holds results of other settings (protocol "
-                        "'vtab_lightweight' -> 'hyperrule'") and "\n" not in err
+  assert err.startswith(f"error: {workdir} holds a run started with other settings "
+                        "(protocol 'vtab_lightweight' -> 'hyperrule'") and "\n" not in err
 
 
 # --- Damaged result files -------------------------------------------------------------------
@@ -477,7 +481,8 @@ def test_an_unreadable_settings_file(fake_run, tmp_path, capsys):
   assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"error: {settings} is unreadable (not JSON: ") and "\n" not in err
-  assert "1 finished result file(s)" in err and "move it aside to accept them" in err
+  assert f"nothing shows what {workdir / 'runs' / 'dtd' / 'seed0.json'} came from: move it aside " \
+      "to accept them" in err
   assert settings.read_text() == "" and len(list(workdir.glob("settings.json.*"))) == 1
 
   settings.rename(workdir / "settings.json.mine")  # Accepted: nothing is fine-tuned again.
@@ -536,8 +541,8 @@ def test_a_workdir_of_other_settings_is_refused(fake_run, tmp_path, capsys):
   assert fake_run(FakeFinetune(), "--config.tasks=dtd") == 0
   assert fake_run(FakeFinetune(), "--config.tasks=dtd", "--config.batch_size=16") == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith(f"error: {tmp_path / 'work'} holds results of other settings "
-                        "(batch_size 8 -> 16); rerun with the same ones") and "\n" not in err
+  assert err.startswith(f"error: {tmp_path / 'work'} holds a run started with other "
+                        "settings (batch_size 8 -> 16; recorded in ") and "\n" not in err
 
 
 def test_run_flags_reach_the_config():

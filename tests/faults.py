@@ -1,8 +1,10 @@
-"""Faults the fault tests inject: damaged checkpoints, runs of the demo config in a fresh
-process with a patch applied first (a write that fails, a kill at a checkpoint), and a
-signal sent to a command once its steps are running (preemption, Ctrl-C)."""
+"""Faults the fault tests inject: damaged checkpoints, a checkpoint write that fails, a kill
+after a checkpoint (in a fresh process running the demo config: `run_demo`), and a signal
+sent to a command once its steps are running (preemption, Ctrl-C)."""
+import errno
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,37 +32,41 @@ def damage_checkpoint(step_dir, how):
         raise ValueError(how)
 
 
-# The demo config under `entry.run`, as train.py runs it, after `patch` (code) is applied.
-_SCRIPT = """
-import logging, os, signal, sys
-logging.basicConfig(level=logging.INFO)
-sys.path.insert(0, {root!r})
-from bit_jax import checkpointing, entry, train
-from configs import demo
-{patch}
-config = demo.get_config()
-config.update({overrides!r})
-entry.run(lambda: train.train_and_evaluate(config, {workdir!r}))
-"""
-
-# Patch: SIGKILL the process right after the checkpoint of step `kill_at` is on disk, the way
-# a preempted or crashed host dies.
-KILL_AT = """
-original_save = checkpointing.Checkpointer.save
-def save_then_die(self, step, state):
-  original_save(self, step, state)
-  if step == {kill_at}:
-    self.wait()
-    os.kill(os.getpid(), signal.SIGKILL)
-checkpointing.Checkpointer.save = save_then_die
-"""
+def fail_write_at(step):
+  """From now on, the write of checkpoint `step` fails in orbax's background thread (its
+  final rename: a full disk), the way a real write fails."""
+  from orbax.checkpoint._src.path import async_path
+  real_rename = async_path.rename
+  async def rename(src, dst):
+    if os.path.basename(str(dst)) == str(step):
+      raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    return await real_rename(src, dst)
+  async_path.rename = rename
 
 
-def run_demo(workdir, overrides, patch="", timeout=600):
-  """Runs the demo config with `overrides` in `workdir` in a fresh process: CompletedProcess
+def kill_after_checkpoint(step):
+  """From now on, the process is SIGKILLed right after checkpoint `step` is on disk, the way a
+  preempted or crashed host dies."""
+  from bit_jax import checkpointing
+  real_save = checkpointing.Checkpointer.save
+  def save_then_die(self, saved_step, state):
+    real_save(self, saved_step, state)
+    if saved_step == step:
+      self.wait()
+      os.kill(os.getpid(), signal.SIGKILL)
+  checkpointing.Checkpointer.save = save_then_die
+
+
+FAULTS = {"fail_write_at": fail_write_at, "kill_after_checkpoint": kill_after_checkpoint}
+
+
+def run_demo(workdir, overrides, fault=None, timeout=600):
+  """Runs the demo config with `overrides` in `workdir` as train.py does, in a fresh process
+  (tests/demo_run.py), after `fault` ((name in FAULTS, step)) is set up: CompletedProcess
   with text stdout and stderr."""
-  script = _SCRIPT.format(root=ROOT, patch=patch, overrides=overrides, workdir=str(workdir))
-  return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+  fault_args = [] if fault is None else [f"--fault={fault[0]}:{fault[1]}"]
+  return subprocess.run([sys.executable, "-m", "tests.demo_run", str(workdir),
+                         repr(overrides), *fault_args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
 
 

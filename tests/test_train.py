@@ -26,7 +26,7 @@ def test_upstream_configs_run_a_few_steps_on_mock_data(tmp_path, get_config):
       num_train_examples=64, train_split="train", eval_split="validation",
       **dict(zip(("pp_train", "pp_eval"), common.imagenet_pp(1000, crop=32, resize=36))))
   for name in set(config.evals) - {"eval"}:  # Their 224px data would dominate; see
-    config.evals[name].enabled = False  # tests/test_evaluators.py and test_evaluate.py.
+    config.evals[name].enabled = False  # tests/test_evaluators.py and test_evaluators_cli.py.
   with tfds.testing.mock_data(num_examples=20):
     results = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results["eval/top1"] <= results["eval/top5"] <= 1.0
@@ -65,7 +65,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   assert "[3] fewshot/bit_digits_1shot=" in straight.stderr  # The evaluator did run.
   # SIGKILLed right after the checkpoint of step 4 is on disk, as a crashed host dies.
   killed = faults.run_demo(tmp_path / "resumed", overrides,
-                           patch=faults.KILL_AT.format(kill_at=4))
+                           fault=("kill_after_checkpoint", 4))
   assert killed.returncode == -signal.SIGKILL
   assert not os.path.exists(tmp_path / "resumed" / EXPORT_NAME)
   resumed = faults.run_demo(tmp_path / "resumed", overrides)
@@ -133,8 +133,6 @@ def test_bad_config_argument_and_model_fail_with_one_line(tmp_path):
       "error: unknown model 'R50'; valid models: BiT-S-R50x1")
 
 
-# Last in this file: tests/test_transfer.py, which starts beside it (conftest.LONGEST_FILES),
-# reaches the shared demo run first and runs it; this file would otherwise wait for it idle.
 def test_demo_learns_on_the_embedded_data(demo_run):
   workdir, done = demo_run
   assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,6 @@ SIGINT's handlers are the ones from before the run, and how many checkpointers a
 open. A process of its own: the signals are real, and a failed orbax write may leave threads
 that never finish (the process ends with `os._exit`).
 """
-import errno
 import json
 import os
 import signal
@@ -17,11 +16,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from orbax.checkpoint._src.path import async_path
 
 import input_pipeline
 from bit_jax import checkpointing, distributed, entry, finetune, models, train
-from tests import tiny_configs
+from tests import faults, tiny_configs
 
 TOTAL_STEPS = 4
 # (fault, the step it strikes, checkpoint_every_steps). The failed write is last: orbax's
@@ -29,7 +27,7 @@ TOTAL_STEPS = 4
 FAULTS = (("sigterm_middle", 2, 1000), ("sigterm_last", TOTAL_STEPS, 1000),
           ("diverge", 3, 1), ("failed_write", 3, 1))
 DATASET = "bit_animals_upstream"  # Embedded: configs/demo.py's, 10 classes of 32 px images.
-REAL_ITERATOR, REAL_RENAME = input_pipeline.train_iterator, async_path.rename
+REAL_ITERATOR = input_pipeline.train_iterator
 
 
 def run_upstream(workdir: str, checkpoint_every_steps: int) -> None:
@@ -62,11 +60,8 @@ def _strike(fault: str, at_step: int) -> None:
       yield batch
   input_pipeline.train_iterator = iterator
 
-  async def rename(src, dst):  # The write's final rename: a full disk.
-    if fault == "failed_write" and os.path.basename(str(dst)) == str(at_step):
-      raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-    return await REAL_RENAME(src, dst)
-  async_path.rename = rename
+  if fault == "failed_write":  # The last fault: nothing runs after it.
+    faults.fail_write_at(at_step)
 
 
 def _track_open_checkpointers() -> list:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bit_jax import calibration, fewshot, metrics
+from bit_jax import calibration, fewshot_classifiers, metrics
 from bit_jax.errors import UserError
 
 METHODS = ("ericsson_linear", "ericsson_fewshot", "bigvision_fewshot", "ncm")
@@ -328,11 +328,11 @@ def few_shot(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.n
   """`bigvision_fewshot` and/or `ncm` for every (k, seed), on the same k-shot draw per seed.
 
   bigvision_fewshot: big_vision's few-shot linear regression (big_vision `evaluators/fewshot.py`
-  and `tools/lit_demo`'s maths, restated in `fewshot.ridge_fit`): features whitened by the
-  k-shot set's mean and std + 1e-5, a constant bias feature of 100, targets 2·onehot − 1,
-  closed-form ridge with l2 = 2^10, k examples per class drawn by one seeded
-  `np.random.default_rng(seed)` permutation per class (`fewshot.select_few_shot`). Its numbers
-  compare with big_vision's only for features extracted at `BIGVISION_FEWSHOT_PP`
+  and `tools/lit_demo`'s maths, restated in `fewshot_classifiers.ridge_fit`): features
+  whitened by the k-shot set's mean and std + 1e-5, a constant bias feature of 100, targets
+  2·onehot − 1, closed-form ridge with l2 = 2^10, k examples per class drawn by one seeded
+  `np.random.default_rng(seed)` permutation per class (`fewshot_classifiers.select_few_shot`).
+  Its numbers compare with big_vision's only for features extracted at `BIGVISION_FEWSHOT_PP`
   (resize(256)|central_crop(224)); the caller picks the pp.
 
   ncm: SimpleShot-style nearest class mean (Wang et al., 2019, "L2N"): every feature
@@ -345,14 +345,14 @@ def few_shot(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.n
   results = []
   for k in shots:
     for seed in seeds:
-      chosen = fewshot.select_few_shot(train_labels, k, seed)
+      chosen = fewshot_classifiers.select_few_shot(train_labels, k, seed)
       x, y = train_feats[chosen], train_labels[chosen]
       if "bigvision_fewshot" in methods:
-        model = fewshot.ridge_fit(x, y, num_classes)
-        results.append(_result("bigvision_fewshot", fewshot.ridge_scores(model, test_feats),
-                               test_labels, shots=k, seed=seed))
+        model = fewshot_classifiers.ridge_fit(x, y, num_classes)
+        scores = fewshot_classifiers.ridge_scores(model, test_feats)
+        results.append(_result("bigvision_fewshot", scores, test_labels, shots=k, seed=seed))
       if "ncm" in methods:
-        classes, scores = fewshot.ncm_scores(x, y, test_feats)
+        classes, scores = fewshot_classifiers.ncm_scores(x, y, test_feats)
         full = np.full((len(test_feats), num_classes), -np.inf)
         full[:, classes] = scores  # Classes without examples can never be predicted.
         results.append(_result("ncm", full, test_labels, shots=k, seed=seed))

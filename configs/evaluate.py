@@ -1,8 +1,8 @@
-"""Stand-alone evaluation of a checkpoint on a suite of evaluators (`bit_jax.evaluate`).
+"""Stand-alone evaluation of a checkpoint on a suite of evaluators (`python -m bit_jax.evaluators`).
 
-    python -m bit_jax.evaluate --config=configs/evaluate.py:suite=robustness \
+    python -m bit_jax.evaluators --config=configs/evaluate.py:suite=robustness \
         --config.model=BiT-M-R50x1 --init=BiT-M-R50x1.npz --workdir=/tmp/robustness
-    python -m bit_jax.evaluate --config=configs/evaluate.py:suite=robustness \
+    python -m bit_jax.evaluators --config=configs/evaluate.py:suite=robustness \
         --init=/tmp/bit_s --workdir=/tmp/bit_s/robustness --every_checkpoint
 
 `suite=robustness` is the ImageNet robustness suite the BiT paper reports on, each an

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import input_pipeline
-from bit_jax import calibration, distributed, entry, fewshot as fewshot_lib, losses, models
+from bit_jax import calibration, distributed, entry, fewshot_classifiers, losses, models
 from bit_jax import npz, train
 from bit_jax.checkpointing import EXPORT_NAME
 from bit_jax.errors import UserError
@@ -107,9 +107,9 @@ def test_fewshot_equals_ridge_fewshot_accuracy_on_the_same_features():
                            prefix="toy")
   assert set(got) == {"toy_1shot", "toy_5shot"}  # 7 shots > 6 per class: skipped.
   for k in (1, 5):
-    expected = np.mean([fewshot_lib.ridge_fewshot_accuracy(
+    expected = np.mean([fewshot_classifiers.ridge_fewshot_accuracy(
         train_x[idx], train_y[idx], test_x, test_y, 4)
-        for idx in (fewshot_lib.select_few_shot(train_y, k, seed) for seed in (0, 1))])
+        for idx in (fewshot_classifiers.select_few_shot(train_y, k, seed) for seed in (0, 1))])
     # Means of accuracies (multiples of 1/20) from the same float64 arithmetic.
     assert got[f"toy_{k}shot"] == pytest.approx(expected, abs=1e-12)
 
@@ -237,8 +237,8 @@ def test_loop_runs_each_evaluator_at_its_steps_and_survives_a_failing_one(tmp_pa
     return np.concatenate(feats), np.concatenate(labels)
 
   (train_x, train_y), (test_x, test_y) = features("train[:40]"), features("test[:16]")
-  idx = fewshot_lib.select_few_shot(train_y, 2, seed=0)
-  expected = fewshot_lib.ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y,
+  idx = fewshot_classifiers.select_few_shot(train_y, 2, seed=0)
+  expected = fewshot_classifiers.ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y,
                                                 int(max(train_y.max(), test_y.max())) + 1)
   # An accuracy over 16 examples, a multiple of 1/16: the same predictions. The features come
   # from another program (the mesh's, not 1 device's), which could flip a prediction only for

@@ -4,7 +4,7 @@ import pytest
 from scipy import optimize
 from sklearn.linear_model import LogisticRegression
 
-from bit_jax import calibration, fewshot, linear_eval
+from bit_jax import calibration, fewshot_classifiers, linear_eval
 from bit_jax.errors import UserError
 
 
@@ -206,8 +206,9 @@ def test_bigvision_fewshot_is_the_ridge_solution_on_the_selected_examples():
   test_x, test_y = _blobs(10, seed=1)
   [result] = linear_eval.few_shot(train_x, train_y, test_x, test_y, 3, shots=(2,),
                                   seeds=(4,), methods=("bigvision_fewshot",))
-  chosen = fewshot.select_few_shot(train_y, 2, 4)
-  expected = fewshot.ridge_fewshot_accuracy(train_x[chosen], train_y[chosen], test_x, test_y, 3)
+  chosen = fewshot_classifiers.select_few_shot(train_y, 2, 4)
+  expected = fewshot_classifiers.ridge_fewshot_accuracy(train_x[chosen], train_y[chosen], test_x,
+                                                        test_y, 3)
   assert result["top1"] == pytest.approx(expected)
   assert linear_eval.BIGVISION_FEWSHOT_PP == "resize(256)|central_crop(224)"
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bit_jax import features, fewshot, finetune, models, npz, predict, run_dir, transfer
+from bit_jax import (features, fewshot_classifiers, finetune, models, npz, predict, run_dir,
+                     transfer)
 from bit_jax.errors import UserError
 from tests import tiny_configs
 
@@ -165,10 +166,10 @@ def test_demo_transfer_pretrained_beats_from_scratch_in_its_table(demo_run, opti
   for shots in (5, 10):
     [ridge] = [r for r in runs if r["evaluation"] == "bigvision_fewshot"
                and r["init"] == "pretrained" and r["shots"] == shots]
-    chosen = fewshot.select_few_shot(train_y, shots, seed=0)
+    chosen = fewshot_classifiers.select_few_shot(train_y, shots, seed=0)
     # Within one of the 500 test images: this model has no head, so XLA compiles another
     # program, whose last bits may differ; another preprocessing would move many.
-    assert abs(fewshot.ridge_fewshot_accuracy(train_x[chosen], train_y[chosen], test_x,
+    assert abs(fewshot_classifiers.ridge_fewshot_accuracy(train_x[chosen], train_y[chosen], test_x,
                                               test_y, 5) - ridge["top1"]) <= 1 / 500
 
 

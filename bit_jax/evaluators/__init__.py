@@ -1,6 +1,7 @@
-"""Evaluators as a registry: `config.evals` names the evaluators a run (or `bit_jax.evaluate`)
-runs, each with its kind, its data and how often it runs, as big_vision does
-(`big_vision/evaluators/common.py`, `from_config`; `configs/bit_i1k.py`, `config.evals`).
+"""Evaluators as a registry: `config.evals` names the evaluators a run (or `__main__`'s command
+line, `python -m bit_jax.evaluators`, on any checkpoint) runs, each with its kind, its data and
+how often it runs, as big_vision does (`big_vision/evaluators/common.py`, `from_config`;
+`configs/bit_i1k.py`, `config.evals`).
 
     config.evals.eval = dict(kind="classification", split="validation", every_steps=1000, ...)
     config.evals.fewshot = dict(kind="fewshot", datasets={...}, shots=(1, 5, 10, 25), ...)

@@ -4,10 +4,10 @@ big_vision's few-shot evaluator (`evaluators/fewshot_lsr.py`, `Evaluator.run` an
 `compute_fewshot_metrics`; its defaults in `configs/common_fewshot.py`, `get_fewshot_lsr`): the
 model's `pre_logits` of every image of each dataset's train and test split are extracted once
 per evaluation, then for each seed and each number of shots a closed-form ridge classifier is
-fitted on `shots` images per class of the train split (`bit_jax.fewshot.select_few_shot`, the
-same draw as big_vision) and scored on the whole test split
-(`bit_jax.fewshot.ridge_fewshot_accuracy`, l2 2^10). Tags are `<dataset>_<shots>shot`, the
-mean over `num_seeds` seeds (big_vision writes one tag per seed).
+fitted on `shots` images per class of the train split
+(`bit_jax.fewshot_classifiers.select_few_shot`, the same draw as big_vision) and scored on the
+whole test split (`bit_jax.fewshot_classifiers.ridge_fewshot_accuracy`, l2 2^10). Tags are
+`<dataset>_<shots>shot`, the mean over `num_seeds` seeds (big_vision writes one tag per seed).
 
 A dataset that cannot be read is dropped from the evaluator with one logged line; a number of
 shots above a dataset's smallest class is skipped for that dataset.
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from bit_jax import fewshot
+import input_pipeline
+from bit_jax import features, fewshot_classifiers
 from bit_jax.errors import UserError
 from bit_jax.evaluators import inference, spec
 
@@ -63,16 +64,19 @@ class Evaluator:
     self.num_seeds = spec.positive_int(name, "num_seeds", entry["num_seeds"])
     self.pp = spec.non_empty_str(name, "pp", entry["pp"] or run.pp)
     self.batch_size = spec.positive_int(name, "batch_size", entry["batch_size"] or run.batch_size)
-    self._data = {}  # (dataset, split) -> EvalBatches, opened on first use.
+    self._sources = {}  # dataset -> Source, opened on first use.
 
   def describe(self) -> str:
     return f"{', '.join(self.datasets)}; shots {', '.join(map(str, self.shots))}"
 
   def _features(self, params, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if (dataset, split) not in self._data:
-      self._data[dataset, split] = inference.batches(self.run, dataset, split, self.pp,
-                                                     self.batch_size)
-    return inference.features(self.run, params, self._data[dataset, split])
+    """(float32 pre_logits, integer labels) of every example of `split`, in order."""
+    if dataset not in self._sources:
+      self._sources[dataset] = input_pipeline.get_source(dataset, self.run.data_dir)
+    # `params` are `run.prepare`d for `run.model`, whose kernels are taken as given.
+    out = features.extract(self.run.model, params, self._sources[dataset], split, self.pp,
+                           batch_size=self.batch_size, mesh=self.run.mesh)
+    return out["pre_logits"].astype(np.float32), out[features.LABELS]
 
   def run_on(self, params: Any) -> dict[str, float]:
     results = {}
@@ -105,8 +109,8 @@ def accuracies(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
       continue
     accs = []
     for seed in range(num_seeds):
-      idx = fewshot.select_few_shot(train_y, k, seed)
-      accs.append(fewshot.ridge_fewshot_accuracy(train_x[idx], train_y[idx], test_x, test_y,
-                                                 num_classes, l2_reg))
+      idx = fewshot_classifiers.select_few_shot(train_y, k, seed)
+      accs.append(fewshot_classifiers.ridge_fewshot_accuracy(
+          train_x[idx], train_y[idx], test_x, test_y, num_classes, l2_reg))
     results[f"{prefix}_{k}shot"] = float(np.mean(accs))
   return results

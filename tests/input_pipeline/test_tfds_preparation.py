@@ -3,7 +3,7 @@
 Not `tfds.testing.mock_data`: each builder's own `download_and_prepare` downloads files in
 the dataset's original format (made here from generated images) from an HTTP server on
 127.0.0.1, extracts and parses them, and writes the TFDS files that `transfer.py` (cifar10),
-a VTAB-1k task's registry entry (dtd) and `bit_jax.evaluate`'s subset evaluator
+a VTAB-1k task's registry entry (dtd) and `python -m bit_jax.evaluators`'s subset evaluator
 (imagenet_a) then read with `data_dir`. An import that a preparation needs and
 requirements.txt does not install fails here, as does any network access beyond 127.0.0.1.
 """
@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import input_pipeline as ip
-from bit_jax import evaluate, models, npz
+from bit_jax import models, npz
+from bit_jax.evaluators import __main__ as evaluators_cli
 from bit_jax.vtab import registry, run as vtab_run
 from configs import common
 from configs import evaluate as evaluate_config
@@ -340,12 +341,12 @@ def test_imagenet_a_prepared_from_its_archive_is_scored_by_the_subset_evaluator(
     config.evals[name].enabled = name == "imagenet_a"
   assert config.evals.imagenet_a.dataset == "imagenet_a"
 
-  results = evaluate.evaluate(config, str(tmp_path / "model.npz"), str(tmp_path / "eval"))
+  results = evaluators_cli.evaluate(config, str(tmp_path / "model.npz"), str(tmp_path / "eval"))
   # A failing evaluator is logged and switched off, and the run goes on: say why.
-  assert "imagenet_a/top1" in results[evaluate.NPZ_KEY], [
+  assert "imagenet_a/top1" in results[evaluators_cli.NPZ_KEY], [
       r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
   assert server.requested == ["/imagenet-a.tar"]
-  metrics = results[evaluate.NPZ_KEY]
+  metrics = results[evaluators_cli.NPZ_KEY]
   # Class 0 is not counted; every counted image is predicted 6 (top-1), and its class is
   # among 6, 11, 13 (top-5): exact ratios of image counts.
   assert metrics["imagenet_a/num_counted"] == 6

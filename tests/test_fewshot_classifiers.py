@@ -1,9 +1,9 @@
-"""Tests for bit_jax.fewshot: shot selection, ridge, nearest class mean."""
+"""Tests for bit_jax.fewshot_classifiers: shot selection, ridge, nearest class mean."""
 
 import numpy as np
 import pytest
 
-from bit_jax import fewshot
+from bit_jax import fewshot_classifiers
 from bit_jax.errors import UserError
 
 
@@ -17,7 +17,7 @@ def _labels():
 @pytest.mark.parametrize("shots", [1, 3, 4])
 def test_select_is_class_balanced_sorted_and_unique(shots):
   labels = _labels()
-  idx = fewshot.select_few_shot(labels, shots, seed=0)
+  idx = fewshot_classifiers.select_few_shot(labels, shots, seed=0)
   assert np.all(np.diff(idx) > 0)  # Sorted, no repeats.
   classes, counts = np.unique(labels[idx], return_counts=True)
   np.testing.assert_array_equal(classes, [0, 2, 5])
@@ -26,9 +26,9 @@ def test_select_is_class_balanced_sorted_and_unique(shots):
 
 def test_select_is_deterministic_and_seed_dependent():
   labels = _labels()
-  a = fewshot.select_few_shot(labels, 3, seed=7)
-  np.testing.assert_array_equal(a, fewshot.select_few_shot(labels.copy(), 3, seed=7))
-  others = [fewshot.select_few_shot(labels, 3, seed=s) for s in range(8, 16)]
+  a = fewshot_classifiers.select_few_shot(labels, 3, seed=7)
+  np.testing.assert_array_equal(a, fewshot_classifiers.select_few_shot(labels.copy(), 3, seed=7))
+  others = [fewshot_classifiers.select_few_shot(labels, 3, seed=s) for s in range(8, 16)]
   assert any(not np.array_equal(a, b) for b in others)
 
 
@@ -37,32 +37,34 @@ def test_select_matches_big_vision_draw():
   labels = _labels()
   rng = np.random.default_rng(3)
   expected = np.concatenate([rng.permutation(np.where(labels == c)[0])[:2] for c in (0, 2, 5)])
-  np.testing.assert_array_equal(fewshot.select_few_shot(labels, 2, seed=3), np.sort(expected))
+  np.testing.assert_array_equal(fewshot_classifiers.select_few_shot(labels, 2, seed=3),
+                                np.sort(expected))
 
 
 def test_select_pinned_indices():
   # Golden values from PCG64 (NumPy 2.x): fails if the stream or the draw order ever changes.
   labels = np.repeat([0, 1], 5)
-  np.testing.assert_array_equal(fewshot.select_few_shot(labels, 2, seed=0), [2, 4, 6, 9])
+  np.testing.assert_array_equal(fewshot_classifiers.select_few_shot(labels, 2, seed=0),
+                                [2, 4, 6, 9])
 
 
 def test_select_k_shot_is_subset_of_more_shots():
   labels = _labels()
-  small = fewshot.select_few_shot(labels, 2, seed=5)
-  large = fewshot.select_few_shot(labels, 4, seed=5)
+  small = fewshot_classifiers.select_few_shot(labels, 2, seed=5)
+  large = fewshot_classifiers.select_few_shot(labels, 4, seed=5)
   assert set(small) < set(large)
 
 
 def test_select_all_of_the_smallest_class():
   labels = _labels()
-  idx = fewshot.select_few_shot(labels, 4, seed=0)
+  idx = fewshot_classifiers.select_few_shot(labels, 4, seed=0)
   np.testing.assert_array_equal(np.sort(np.flatnonzero(labels == 2)),
                                 idx[labels[idx] == 2])
 
 
 def test_select_too_many_shots_names_class_count_and_k():
   with pytest.raises(ValueError) as info:
-    fewshot.select_few_shot(_labels(), 5, seed=0)
+    fewshot_classifiers.select_few_shot(_labels(), 5, seed=0)
   message = str(info.value)
   assert message == "Class 2 has only 4 examples, fewer than shots=5; shots can be at most 4."
   assert "\n" not in message
@@ -71,7 +73,7 @@ def test_select_too_many_shots_names_class_count_and_k():
 def test_select_too_many_shots_names_the_class_by_its_name():
   with pytest.raises(UserError, match=r"^Class 'cow' \(label 2\) has only 4 examples, fewer "
                                       r"than shots=5; shots can be at most 4\.$"):
-    fewshot.select_few_shot(_labels(), 5, seed=0, class_names=["cat", "dog", "cow"])
+    fewshot_classifiers.select_few_shot(_labels(), 5, seed=0, class_names=["cat", "dog", "cow"])
 
 
 @pytest.mark.parametrize("labels, shots", [
@@ -81,7 +83,7 @@ def test_select_too_many_shots_names_the_class_by_its_name():
 ])
 def test_select_rejects_bad_input(labels, shots):
   with pytest.raises(ValueError):
-    fewshot.select_few_shot(labels, shots, seed=0)
+    fewshot_classifiers.select_few_shot(labels, shots, seed=0)
 
 
 # --- ridge --------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def _lstsq_weights(feats, labels, num_classes, l2, bias):
 @pytest.mark.parametrize("l2, bias", [(2.0**10, 100.0), (0.5, 1.0)])
 def test_ridge_fit_equals_least_squares(per_class, dim, l2, bias):
   feats, labels = _blobs(np.random.default_rng(0), 4, per_class, dim)
-  model = fewshot.ridge_fit(feats, labels, num_classes=4, l2_reg=l2, bias_feature=bias)
+  model = fewshot_classifiers.ridge_fit(feats, labels, num_classes=4, l2_reg=l2, bias_feature=bias)
   assert model.weights.shape == (dim + 1, 4)
   np.testing.assert_allclose(model.weights, _lstsq_weights(feats, labels, 4, l2, bias),
                              rtol=1e-7, atol=1e-10)
@@ -120,7 +122,7 @@ def test_ridge_separates_blobs():
   rng = np.random.default_rng(1)
   train_x, train_y = _blobs(rng, 5, 5, 16)
   test_x = train_x + 0.05 * rng.normal(size=train_x.shape)
-  acc = fewshot.ridge_fewshot_accuracy(train_x, train_y, test_x, train_y, num_classes=5)
+  acc = fewshot_classifiers.ridge_fewshot_accuracy(train_x, train_y, test_x, train_y, num_classes=5)
   assert acc == 1.0
 
 
@@ -129,23 +131,23 @@ def test_ridge_accuracy_counts_wrong_labels():
   train_x, train_y = _blobs(rng, 2, 10, 8)
   test_y = train_y.copy()
   test_y[:5] = 1  # 5 of the 10 class-0 points relabelled: exactly 15 of 20 still right.
-  assert fewshot.ridge_fewshot_accuracy(train_x, train_y, train_x, test_y, 2) == 0.75
+  assert fewshot_classifiers.ridge_fewshot_accuracy(train_x, train_y, train_x, test_y, 2) == 0.75
 
 
 def test_ridge_whitens_test_with_train_statistics():
   rng = np.random.default_rng(3)
   train_x, train_y = _blobs(rng, 3, 4, 10)
-  model = fewshot.ridge_fit(train_x, train_y, 3)
+  model = fewshot_classifiers.ridge_fit(train_x, train_y, 3)
   np.testing.assert_allclose(model.mean, train_x.mean(0), rtol=1e-6)
   # With train statistics a point's scores do not depend on the rest of its test batch.
   test_x = train_x[:5] + 10.0
-  np.testing.assert_allclose(fewshot.ridge_scores(model, test_x)[:1],
-                             fewshot.ridge_scores(model, test_x[:1]), rtol=1e-12)
+  np.testing.assert_allclose(fewshot_classifiers.ridge_scores(model, test_x)[:1],
+                             fewshot_classifiers.ridge_scores(model, test_x[:1]), rtol=1e-12)
 
 
 def test_ridge_rejects_out_of_range_labels():
   with pytest.raises(ValueError, match=r"\[0, 3\)"):
-    fewshot.ridge_fit(np.zeros((2, 4)), np.array([0, 3]), num_classes=3)
+    fewshot_classifiers.ridge_fit(np.zeros((2, 4)), np.array([0, 3]), num_classes=3)
 
 
 # --- nearest class mean -------------------------------------------------------------------------
@@ -161,14 +163,15 @@ def test_ncm_uses_l2_normalised_features():
       [3.0, 2.0],  # u = (.832, .555): -.41, class 4. Normalising neither side gives 7.
       [7.19, 6.95],  # u = (.719, .695): +.03, class 7. Cosine to renormalised p7 = (0, 1) gives 4.
   ])
-  assert fewshot.ncm_accuracy(train_x, train_y, test_x, np.array([7, 4, 7])) == 1.0
-  assert fewshot.ncm_accuracy(train_x, train_y, test_x, np.array([7, 7, 7])) == pytest.approx(2 / 3)
+  assert fewshot_classifiers.ncm_accuracy(train_x, train_y, test_x, np.array([7, 4, 7])) == 1.0
+  assert fewshot_classifiers.ncm_accuracy(train_x, train_y, test_x,
+                                          np.array([7, 7, 7])) == pytest.approx(2 / 3)
 
 
 def test_ncm_is_scale_invariant_and_separates_blobs():
   rng = np.random.default_rng(4)
   train_x, train_y = _blobs(rng, 6, 3, 12, spread=0.1)
   test_x = train_x + 0.05 * rng.normal(size=train_x.shape)
-  assert fewshot.ncm_accuracy(train_x, train_y, test_x, train_y) == 1.0
+  assert fewshot_classifiers.ncm_accuracy(train_x, train_y, test_x, train_y) == 1.0
   scales = rng.uniform(0.1, 10.0, size=(len(test_x), 1))
-  assert fewshot.ncm_accuracy(train_x, train_y, test_x * scales, train_y) == 1.0
+  assert fewshot_classifiers.ncm_accuracy(train_x, train_y, test_x * scales, train_y) == 1.0

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint, or every checkpoint of a run, on a suite of evaluators.
 
-    python -m bit_jax.evaluate --config=configs/evaluate.py:suite=robustness \
+    python -m bit_jax.evaluators --config=configs/evaluate.py:suite=robustness \
         --init=<.npz | release name | train.py workdir> --workdir=DIR [--every_checkpoint]
 
 Runs `config.evals` (`bit_jax.evaluators`; `configs/evaluate.py` holds the suites) once per
@@ -8,7 +8,7 @@ checkpoint: an .npz, the latest checkpoint of a workdir, or with `--every_checkp
 of them. Into DIR it writes `results.json` ({checkpoint: {"<eval>/<metric>": value}}, written
 again atomically after each checkpoint, so a killed run keeps what it finished and a rerun
 skips every checkpoint already there), `results.md` (the latest checkpoint's metrics beside
-the published BiT numbers of `evaluators/published_robustness.csv`) and, once two or more
+the published BiT numbers of `published_robustness.csv` beside it) and, once two or more
 steps are evaluated, `curves/<eval>_<metric>.png`: each metric over training steps.
 """
 
@@ -31,8 +31,7 @@ from bit_jax.evaluators import Evaluators
 RESULTS = "results.json"
 TABLE = "results.md"
 CURVES = "curves"
-PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluators",
-                         "published_robustness.csv")
+PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_robustness.csv")
 NPZ_KEY = "npz"  # The results key of an .npz, which has no step.
 
 

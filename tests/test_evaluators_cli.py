@@ -1,4 +1,4 @@
-"""bit_jax.evaluate: the robustness suite end to end on TFDS mock data and an ObjectNet-like
+"""`python -m bit_jax.evaluators`: the robustness suite end to end on TFDS mock data and an ObjectNet-like
 folder, over every checkpoint of a run; a rerun skips what is done; bad inputs exit 2."""
 import json
 import logging
@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bit_jax import checkpointing, entry, evaluate, models, train_step
+from bit_jax import checkpointing, entry, models, train_step
+from bit_jax.evaluators import __main__ as cli
 from bit_jax.errors import UserError
 from bit_jax.evaluators import subset
 from configs import evaluate as evaluate_config
@@ -85,15 +86,15 @@ def test_suite_end_to_end_on_every_checkpoint_and_rerun_skips(run_with_checkpoin
   config, out = _suite(tmp_path), str(tmp_path / "eval")
   # 48 examples per split: ImageNet-A/-R's mock labels hit their 200 classes.
   with tfds.testing.mock_data(num_examples=48):
-    results = evaluate.evaluate(config, run_with_checkpoints, out, every_checkpoint=True)
+    results = cli.evaluate(config, run_with_checkpoints, out, every_checkpoint=True)
   assert sorted(results) == ["2", "4"]
   for metrics in results.values():
     assert {tag.split("/")[0] for tag in metrics} == set(SUITE)
     assert metrics["objectnet/num_counted"] == 6  # The chair images are not counted.
     assert all(0.0 <= metrics[f"{name}/top1"] <= 1.0 for name in SUITE)
-  saved = json.loads((tmp_path / "eval" / evaluate.RESULTS).read_text())
+  saved = json.loads((tmp_path / "eval" / cli.RESULTS).read_text())
   assert saved["results"] == results and saved["model"] == "tiny-R14"
-  table = (tmp_path / "eval" / evaluate.TABLE).read_text()
+  table = (tmp_path / "eval" / cli.TABLE).read_text()
   assert "| objectnet | top1 |" in table and "58.7" in table and "PapersWithCode" in table
   assert os.path.getsize(tmp_path / "eval" / "curves" / "imagenet_top1.png") > 1000
   assert os.path.exists(tmp_path / "eval" / "curves" / "objectnet_top5.png")
@@ -102,7 +103,7 @@ def test_suite_end_to_end_on_every_checkpoint_and_rerun_skips(run_with_checkpoin
   # The level of absl's own logger, not the root's: code run before in this process may have
   # set it (tf.saved_model.save leaves it at WARNING).
   caplog.set_level(logging.INFO, logger=absl_logging.get_absl_logger().name)
-  again = evaluate.evaluate(config, run_with_checkpoints, out, every_checkpoint=True)
+  again = cli.evaluate(config, run_with_checkpoints, out, every_checkpoint=True)
   assert again == results
   assert sum("evaluated before, skipped" in r.getMessage() for r in caplog.records) == 2
 
@@ -116,7 +117,7 @@ def test_a_missing_dataset_is_skipped_with_one_line(run_with_checkpoints, tmp_pa
   config.evals.imagenet.dataset = "bit_digits"  # Embedded: prepared offline.
   config.evals.imagenet.split = "test"
   config.evals.imagenet.pp = "decode|resize(32)|value_range(-1,1)|onehot(1000)"
-  results = evaluate.evaluate(config, run_with_checkpoints, str(tmp_path / "eval"))
+  results = cli.evaluate(config, run_with_checkpoints, str(tmp_path / "eval"))
   assert list(results) == ["4"] and set(results["4"]) == {
       "imagenet/top1", "imagenet/top5", "imagenet/loss", "imagenet/ece"}
   [line] = [r.getMessage() for r in caplog.records if "imagenet_sketch" in r.getMessage()]
@@ -141,13 +142,13 @@ def test_bad_inputs_fail_with_one_line(run_with_checkpoints, tmp_path, setting, 
     init = str(tmp_path / "x.npz")
     open(init, "w").close()
   with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    evaluate.evaluate(config, init, str(tmp_path / "eval"),
+    cli.evaluate(config, init, str(tmp_path / "eval"),
                       every_checkpoint=setting.get("every_checkpoint", False))
 
 
 def test_command_line_exits_2_on_an_unknown_kind(tmp_path):
   done = subprocess.run(
-      [sys.executable, "-m", "bit_jax.evaluate", "--config=configs/evaluate.py:crop=32",
+      [sys.executable, "-m", "bit_jax.evaluators", "--config=configs/evaluate.py:crop=32",
        "--config.evals.imagenet.kind=top1", "--init=x.npz", f"--workdir={tmp_path}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == entry.EXIT_BAD_INPUT, done.stderr[-2000:]

@@ -20,11 +20,11 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 demo: $(VENV)/.installed
 	$(RUN) train.py --config=configs/demo.py --workdir=workdir/demo
 
-# Two workers, each test file on one (its fixtures set up once), the longest files first
-# (tests/conftest.py); on 2 cores a third worker makes the run slower.
+# Two workers, each test file on one (its fixtures set up once), files with the most tests
+# first (xdist's order); on 2 cores a third worker makes the run slower.
 # pytest-randomly is off here; `pytest -p randomly --randomly-seed=N` checks any order.
 test: $(VENV)/.installed
-	$(RUN) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 -p no:randomly
+	$(RUN) -m pytest -n 2 --dist loadfile --durations=15 -p no:randomly
 
 # The TPU and GPU compilers (requirements-accelerators.txt: libtpu, the CUDA plugin; 1.2 GB),
 # for `python benchmarks/memory.py --target=...` and tests/test_accelerator_compile.py. Into

@@ -1,5 +1,4 @@
 """Test-wide setup: 8 simulated CPU devices, so sharding code runs as on a pod slice."""
-import collections
 import fcntl
 import json
 import os
@@ -28,29 +27,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_STEPS = 300
-
-# `make test` hands its two workers whole files in collection order (--dist loadfile
-# --no-loadscope-reorder). Longest first (as measured on 2 cores), then the rest, most tests
-# first as xdist would order them: otherwise a long file drawn late leaves one worker running
-# alone at the end. A file not listed only starts later.
-LONGEST_FILES = ("test_transfer.py", "test_train.py", "test_train_faults.py",
-                 "test_transfer_runs.py", "test_sharding.py", "test_multihost.py",
-                 "test_models.py", "test_notebook.py", "test_benchmarks.py", "vtab/test_run.py",
-                 "test_export.py", "test_checkpointing.py", "test_train_step.py",
-                 "test_benchmark_accelerator.py", "input_pipeline/test_tfds_preparation.py",
-                 "test_evaluate.py")
-
-
-def pytest_collection_modifyitems(config, items):
-  if config.pluginmanager.has_plugin("randomly"):
-    return  # `-p randomly`: its shuffled order of files and tests, not ours.
-  tests_dir = os.path.join(ROOT, "tests")
-  file_of = {item: os.path.relpath(item.path, tests_dir) for item in items}
-  count = collections.Counter(file_of.values())
-  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-  # Stable: each file's tests stay together and in their order.
-  items.sort(key=lambda item: (rank.get(file_of[item], len(rank)), -count[file_of[item]]))
-
 
 def _shared_folder(tmp_path_factory):
   """The test run's temporary folder, shared by its xdist workers (each has its own below)."""

@@ -26,7 +26,9 @@ import time
 import jax
 from jax.experimental import topologies
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Appended, not first: benchmarks/input_pipeline.py would hide the input_pipeline package.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+  sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import xla_memory  # noqa: E402  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

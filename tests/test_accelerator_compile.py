@@ -37,16 +37,16 @@ def _table(text):
 
 
 @pytest.mark.parametrize("target,package", [("tpu-v4-8", "libtpu"), ("h100", "jax-cuda12-plugin")])
-def test_tiny_upstream_step_compiles_for_the_target_with_plain_kernels(target, package,
-                                                                      optimized_env):
+def test_tiny_upstream_step_and_forward_compile_for_the_target_with_plain_kernels(
+    target, package, optimized_env):
   targets = _load_targets()
   if not os.path.isdir(targets.ACCELERATORS):
     pytest.fail(f"{targets.ACCELERATORS} is missing: run `make accelerators` (installs "
                 "requirements-accelerators.txt there, outside the venv's default imports)")
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "memory.py"), f"--target={target}",
-       "--steps=upstream", "--shardings=fsdp", "--upstream_settings=bit_l:tiny-R14:2",
-       "--resolution=32", "--num_classes=4", "--fsdp_min_size=4096"],
+       "--steps=upstream,forward", "--shardings=fsdp", "--upstream_settings=bit_l:tiny-R14:2",
+       "--model=tiny-R14", "--resolution=32", "--num_classes=4", "--fsdp_min_size=4096"],
       capture_output=True, text=True, timeout=600, check=False,
       env=optimized_env)  # The target's compiler as users run it: no XLA:CPU test flags.
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -58,8 +58,12 @@ def test_tiny_upstream_step_compiles_for_the_target_with_plain_kernels(target, p
   platform = targets.TARGETS[target].platform
   assert fields["devices"].split(" x ")[1].startswith("tpu:" if platform == "tpu" else "gpu:")
   assert fields["kernels"] == "plain"
-  row, = _table(out)
+  row, *forwards = _table(out)
   assert (row["step"], row["model"], row["sharding"]) == ("upstream", "tiny-R14", "fsdp")
+  # The evaluators' forward (bit_jax.features.forward) compiles for the target too: of the
+  # pretrained model and of the fine-tuned one (--model).
+  assert [(f["step"], f["model"], f["fits"]) for f in forwards] == [
+      ("forward", "tiny-R14", "yes")] * 2
   memory_gib = float(fields["memory_gib_per_device"])
   assert memory_gib == pytest.approx(targets.TARGETS[target].memory_gib(), abs=0.01)
   peak = int(fields["peak_bytes[upstream:tiny-R14:32:fsdp:1]"])

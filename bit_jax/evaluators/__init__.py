@@ -28,7 +28,7 @@ import ml_collections
 from absl import logging
 
 from bit_jax import models
-from bit_jax.errors import UserError
+from bit_jax.errors import UserError, one_line
 from bit_jax.evaluators import classification, fewshot, inference, real, spec, subset
 
 KINDS = {"classification": classification, "fewshot": fewshot, "real": real, "subset": subset}
@@ -100,7 +100,7 @@ class Evaluators:
         metrics = evaluator.run_on(prepared)
       except Exception as e:  # pylint: disable=broad-except  # Missing data, a bad mapping.
         logging.warning("evaluator %s (%s) failed at step %d and is disabled for this run: "
-                        "%s", evaluator.name, evaluator.describe(), step, inference.one_line(e))
+                        "%s", evaluator.name, evaluator.describe(), step, one_line(e))
         self.evaluators.remove(evaluator)
         continue
       results.update({f"{evaluator.name}/{k}": v for k, v in metrics.items()})

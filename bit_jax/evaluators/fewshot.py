@@ -22,7 +22,7 @@ from absl import logging
 
 import input_pipeline
 from bit_jax import features, fewshot_classifiers
-from bit_jax.errors import UserError
+from bit_jax.errors import UserError, one_line
 from bit_jax.evaluators import inference, spec
 
 FIELDS = {
@@ -86,7 +86,7 @@ class Evaluator:
         test_x, test_y = self._features(params, dataset, test_split)
       except Exception as e:  # pylint: disable=broad-except  # Missing or bad data.
         logging.warning("evaluator %s: dropping %s for this run: %s", self.name, key,
-                        inference.one_line(e))
+                        one_line(e))
         del self.datasets[key]
         continue
       results.update(accuracies(train_x, train_y, test_x, test_y, self.shots, self.num_seeds,

@@ -126,8 +126,3 @@ def one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
   """One-hot rows for integer labels; one-hot or multi-hot labels pass through."""
   return labels if labels.ndim > 1 else jax.nn.one_hot(labels, num_classes)
 
-
-def one_line(e: BaseException) -> str:
-  """An exception as one line: its type and the first line of its message."""
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return f"{type(e).__name__}: {lines[0] if lines else ''}"

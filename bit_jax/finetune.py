@@ -100,7 +100,7 @@ def make_plan(config: Any, dataset_size: int, image_hw: tuple[int, int] | None) 
               shuffle_buffer=config.shuffle_buffer, log_every_steps=config.log_every_steps,
               trainable=freezing.check(config.trainable),
               checkpoint_every_steps=config.checkpoint_every_steps,
-              preemption_check_every_steps=config.get("preemption_check_every_steps", 10),
+              preemption_check_every_steps=config.preemption_check_every_steps,
               sharding=sharding,
               fsdp_min_size=fsdp_min_size)
 
